@@ -1,0 +1,376 @@
+"""ModelPair: a base model and its instruction-tuned twin as two TransformerBridges.
+
+Weights: by default both models keep their raw checkpoint weights (``processing="raw"``), so
+activations equal the Hugging Face model's and the weight lenses fold normalization weights
+themselves, as Wu et al. (2024) do. ``processing="compat"`` calls TransformerLens'
+``enable_compatibility_mode()`` on both models: LayerNorm/RMSNorm weights folded into the
+following linear maps, writing weights and the unembedding centred (HookedTransformer's
+numerics). The weight lenses detect this and do not fold twice.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from shiftlens.errors import ShiftlensError, ShiftlensWarning
+from shiftlens.prompts import InstructionPrompt, TokenizedPrompt, tokenize_prompt
+
+__all__ = ["ModelPair", "PROBE_STRINGS", "SHAPE_FIELDS", "load_bridge"]
+
+#: Strings whose tokenization must be identical in both models' tokenizers.
+PROBE_STRINGS: tuple[str, ...] = (
+    "Instruction: reverse the words.\nInput: red cat sleeps\nResponse:",
+    "Write a haiku about autumn leaves, please!",
+    "def f(x):\n    return x ** 2  # square",
+    "Translate 'über naïve café' into English: 1,234.56 — ok?",
+    "  leading spaces and\ttabs\n\nnewlines ",
+    "数学 123 😀",
+)
+
+#: Config fields that must agree between base and tuned.
+SHAPE_FIELDS: tuple[str, ...] = (
+    "n_layers",
+    "n_heads",
+    "n_key_value_heads",
+    "d_model",
+    "d_head",
+    "d_mlp",
+    "d_vocab",
+)
+
+Processing = Literal["raw", "compat"]
+
+
+def _bridge_cls() -> type:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    return TransformerBridge
+
+
+def model_name(model: Any) -> str:
+    """A readable name for a bridge: its ``cfg.model_name`` (path or hub id)."""
+    return str(getattr(getattr(model, "cfg", None), "model_name", None) or type(model).__name__)
+
+
+def load_bridge(
+    name_or_path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    tokenizer: Any = None,
+    **boot_kwargs: Any,
+) -> Any:
+    """Boot one TransformerBridge from a hub id, a local Hugging Face directory or a GGUF file.
+
+    Local directories load offline (set ``HF_HUB_OFFLINE=1`` to make sure nothing is fetched).
+
+    Args:
+        name_or_path: Hub id (``"Qwen/Qwen2.5-0.5B"``), local HF directory, or ``.gguf`` file
+            (converted once into a cached HF directory by :mod:`shiftlens.checkpoints`).
+        device: Device for the weights.
+        dtype: Weight dtype.
+        tokenizer: Optional tokenizer to use instead of the checkpoint's.
+        **boot_kwargs: Passed to ``TransformerBridge.boot_transformers``.
+
+    Returns:
+        The booted bridge, in eval mode.
+
+    Example:
+        >>> model = load_bridge("shiftlens/zoo/pair/base")  # doctest: +SKIP
+    """
+    name = str(name_or_path)
+    if name.endswith(".gguf"):
+        from shiftlens.checkpoints import gguf_to_hf_dir  # issue 9
+
+        name = str(gguf_to_hf_dir(name))
+    path = Path(name)
+    if path.exists() and not (path / "config.json").exists():
+        raise ShiftlensError(f"{name!r} exists but is not a Hugging Face model directory")
+    try:
+        model = _bridge_cls().boot_transformers(
+            name, device=device, dtype=dtype, tokenizer=tokenizer, **boot_kwargs
+        )
+    except OSError as e:
+        raise ShiftlensError(
+            f"could not load model {name!r}: {e}. Offline, give a local directory or GGUF file."
+        ) from e
+    model.eval()
+    return model
+
+
+class ModelPair:
+    """A base model and its instruction-tuned twin, checked compatible.
+
+    Iterating yields ``("base", model)`` then ``("tuned", model)``.
+
+    Attributes:
+        base: The pre-trained model (a ``TransformerBridge``).
+        tuned: The instruction-tuned model.
+        tokenizer: The shared tokenizer (the base model's; checked equal to the tuned one's).
+        names: ``{"base": ..., "tuned": ...}`` model names used in results and errors.
+        processing: ``"raw"`` (checkpoint weights) or ``"compat"`` (TL-processed weights).
+
+    Example:
+        >>> pair = ModelPair.from_pretrained("path/to/base", "path/to/tuned")  # doctest: +SKIP
+        >>> for role, model in pair:  # doctest: +SKIP
+        ...     print(role, model.cfg.n_layers)
+    """
+
+    def __init__(
+        self,
+        base: Any,
+        tuned: Any,
+        *,
+        names: tuple[str, str] | None = None,
+        processing: Processing = "raw",
+        check: bool = True,
+        probe_strings: Sequence[str] = PROBE_STRINGS,
+    ) -> None:
+        cls = _bridge_cls()
+        for role, m in (("base", base), ("tuned", tuned)):
+            if not isinstance(m, cls):
+                raise ShiftlensError(
+                    f"{role} model is a {type(m).__module__}.{type(m).__name__}, not a "
+                    "transformer_lens TransformerBridge (boot it with "
+                    "TransformerBridge.boot_transformers or use ModelPair.from_pretrained)"
+                )
+        if processing not in ("raw", "compat"):
+            raise ShiftlensError(f"processing must be 'raw' or 'compat', got {processing!r}")
+        self.base = base
+        self.tuned = tuned
+        n0, n1 = names if names is not None else (model_name(base), model_name(tuned))
+        self.names = {"base": n0, "tuned": n1}
+        self.processing: Processing = processing
+        if base.tokenizer is None or tuned.tokenizer is None:
+            missing = "base" if base.tokenizer is None else "tuned"
+            raise ShiftlensError(f"{missing} model {self.names[missing]!r} has no tokenizer")
+        self.tokenizer = base.tokenizer
+        if check:
+            self.check_compatible(probe_strings)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(
+        cls,
+        base: str | Path,
+        tuned: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        processing: Processing = "raw",
+        check: bool = True,
+        **boot_kwargs: Any,
+    ) -> ModelPair:
+        """Boot both models (hub ids, local HF directories or GGUF files).
+
+        Args:
+            base: The pre-trained model.
+            tuned: The instruction-tuned model.
+            device: Device for both models; nothing is moved later.
+            dtype: Weight dtype for both.
+            processing: ``"raw"`` checkpoint weights (default) or ``"compat"``: TL's folded
+                and centred weights (``enable_compatibility_mode``).
+            check: Run the compatibility checks (tokenizer, shapes, identical weights).
+            **boot_kwargs: Passed to ``TransformerBridge.boot_transformers``.
+
+        Returns:
+            The pair.
+
+        Example:
+            >>> pair = ModelPair.from_pretrained(  # doctest: +SKIP
+            ...     "Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-0.5B-Instruct", dtype=torch.bfloat16
+            ... )
+        """
+        if processing not in ("raw", "compat"):
+            raise ShiftlensError(f"processing must be 'raw' or 'compat', got {processing!r}")
+        models = [load_bridge(p, device=device, dtype=dtype, **boot_kwargs) for p in (base, tuned)]
+        if processing == "compat":
+            for m in models:
+                m.enable_compatibility_mode(disable_warnings=True)
+        return cls(
+            models[0],
+            models[1],
+            names=(str(base), str(tuned)),
+            processing=processing,
+            check=check,
+        )
+
+    @classmethod
+    def from_models(
+        cls,
+        base: Any,
+        tuned: Any,
+        *,
+        names: tuple[str, str] | None = None,
+        processing: Processing = "raw",
+        check: bool = True,
+    ) -> ModelPair:
+        """Wrap two TransformerBridges that are already loaded.
+
+        Args:
+            base: The pre-trained bridge.
+            tuned: The instruction-tuned bridge.
+            names: Optional display names (default: each ``cfg.model_name``).
+            processing: Declare how their weights were processed (``"raw"`` or ``"compat"``).
+            check: Run the compatibility checks.
+
+        Example:
+            >>> pair = ModelPair.from_models(base_bridge, tuned_bridge)  # doctest: +SKIP
+        """
+        return cls(base, tuned, names=names, processing=processing, check=check)
+
+    # ------------------------------------------------------------------ checks
+    def check_compatible(self, probe_strings: Sequence[str] = PROBE_STRINGS) -> None:
+        """Raise :class:`ShiftlensError` unless tokenizers and shapes agree; warn on equal weights.
+
+        Example:
+            >>> pair.check_compatible()  # doctest: +SKIP
+        """
+        b, t = self.names["base"], self.names["tuned"]
+        who = f"base {b!r} vs tuned {t!r}"
+        for field in SHAPE_FIELDS:
+            vb = getattr(self.base.cfg, field, None)
+            vt = getattr(self.tuned.cfg, field, None)
+            if field == "n_key_value_heads":
+                vb = vb or self.base.cfg.n_heads
+                vt = vt or self.tuned.cfg.n_heads
+            if vb != vt:
+                raise ShiftlensError(f"incompatible pair ({who}): {field} {vb} != {vt}")
+        tb, tt = self.base.tokenizer, self.tuned.tokenizer
+        if tb is not tt:
+            vb, vt = tb.get_vocab(), tt.get_vocab()
+            if vb != vt:
+                only_b = sorted(set(vb) - set(vt))[:5]
+                only_t = sorted(set(vt) - set(vb))[:5]
+                moved = sorted(k for k in set(vb) & set(vt) if vb[k] != vt[k])[:5]
+                raise ShiftlensError(
+                    f"incompatible tokenizers ({who}): vocabularies differ "
+                    f"({len(vb)} vs {len(vt)} entries; only in base: {only_b}; only in tuned: "
+                    f"{only_t}; different ids: {moved})"
+                )
+            for s in probe_strings:
+                eb = tb(s, add_special_tokens=False)["input_ids"]
+                et = tt(s, add_special_tokens=False)["input_ids"]
+                if list(eb) != list(et):
+                    raise ShiftlensError(
+                        f"incompatible tokenizers ({who}): they tokenize {s!r} differently "
+                        f"({list(eb)[:8]}... vs {list(et)[:8]}...)"
+                    )
+            if tb.bos_token_id != tt.bos_token_id:
+                raise ShiftlensError(
+                    f"incompatible tokenizers ({who}): BOS ids {tb.bos_token_id} != "
+                    f"{tt.bos_token_id}"
+                )
+        if self.base.cfg.default_prepend_bos != self.tuned.cfg.default_prepend_bos:
+            raise ShiftlensError(
+                f"incompatible pair ({who}): default_prepend_bos "
+                f"{self.base.cfg.default_prepend_bos} != {self.tuned.cfg.default_prepend_bos}"
+            )
+        if self.base is self.tuned or self.identical_weights():
+            warnings.warn(
+                f"base {b!r} and tuned {t!r} have identical weights: every shift will be zero",
+                ShiftlensWarning,
+                stacklevel=3,
+            )
+
+    def identical_weights(self) -> bool:
+        """True when every parameter of the two models is equal (stops at the first difference).
+
+        Example:
+            >>> pair.identical_weights()  # doctest: +SKIP
+            False
+        """
+        pb = dict(self.base.original_model.named_parameters())
+        pt = dict(self.tuned.original_model.named_parameters())
+        if pb.keys() != pt.keys():
+            return False
+        with torch.no_grad():
+            for k, v in pb.items():
+                w = pt[k]
+                if v.shape != w.shape or not torch.equal(v.to(w.device, w.dtype), w):
+                    return False
+        return True
+
+    # ------------------------------------------------------------------ access
+    @property
+    def cfg(self) -> Any:
+        """The (shared) TransformerLens config; the base model's."""
+        return self.base.cfg
+
+    @property
+    def prepend_bos(self) -> bool:
+        """Whether prompts get a BOS token (the models' ``cfg.default_prepend_bos``)."""
+        return bool(self.base.cfg.default_prepend_bos)
+
+    @property
+    def models(self) -> dict[str, Any]:
+        """``{"base": base, "tuned": tuned}``."""
+        return {"base": self.base, "tuned": self.tuned}
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        yield "base", self.base
+        yield "tuned", self.tuned
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return (
+            f"ModelPair(base={self.names['base']!r}, tuned={self.names['tuned']!r}, "
+            f"n_layers={c.n_layers}, n_heads={c.n_heads}, d_model={c.d_model}, "
+            f"processing={self.processing!r})"
+        )
+
+    # ------------------------------------------------------------------ prompts & capture
+    def tokenize(
+        self, prompt: InstructionPrompt, response: str | None = None
+    ) -> TokenizedPrompt:
+        """Tokenize a prompt (+ optional response) for this pair, with segment labels.
+
+        Example:
+            >>> tp = pair.tokenize(prompt, response=prompt.reference)  # doctest: +SKIP
+        """
+        if not isinstance(prompt, InstructionPrompt):
+            raise ShiftlensError(
+                f"expected an InstructionPrompt, got {type(prompt).__name__}"
+            )
+        return tokenize_prompt(
+            self.tokenizer,
+            prompt,
+            prepend_bos=self.prepend_bos,
+            response=response,
+            n_ctx=self.cfg.n_ctx,
+            model_name=f"{self.names['base']!r}/{self.names['tuned']!r}",
+        )
+
+    def run_with_cache(
+        self,
+        prompts: Sequence[InstructionPrompt],
+        names_filter: Any = None,
+        *,
+        batch_size: int = 8,
+        reduce: str | None = None,
+        with_reference: bool = True,
+        progress: bool = True,
+    ) -> Any:
+        """Run both models on identical tokens and cache the requested hooks.
+
+        See :func:`shiftlens.capture.capture_pair` for the arguments.
+
+        Example:
+            >>> cache = pair.run_with_cache(prompts, ["blocks.0.hook_resid_post"])  # doctest: +SKIP
+        """
+        from shiftlens.capture import capture_pair
+
+        return capture_pair(
+            self,
+            prompts,
+            names_filter,
+            batch_size=batch_size,
+            reduce=reduce,
+            with_reference=with_reference,
+            progress=progress,
+        )

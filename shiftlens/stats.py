@@ -1,0 +1,192 @@
+"""Statistics used by every lens: Welch and paired t-tests, bootstrap CIs, layer groups.
+
+One place for the tests so that every Result states its numbers the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import stats as _st
+
+from shiftlens.errors import ShiftlensError
+
+__all__ = ["TestResult", "welch_test", "paired_test", "bootstrap_ci", "layer_groups"]
+
+Alternative = Literal["two-sided", "greater", "less"]
+
+
+@dataclass(frozen=True)
+class TestResult:
+    """A two-sample comparison of ``a`` (e.g. tuned) against ``b`` (e.g. base).
+
+    Attributes:
+        test: ``"welch"`` or ``"paired"``.
+        alternative: ``"greater"`` tests mean(a) > mean(b).
+        mean_a, mean_b: Sample means (NaN-free samples).
+        diff: ``mean_a - mean_b``.
+        statistic, pvalue, df: The t statistic, its p-value and degrees of freedom.
+        n_a, n_b: Sample sizes used.
+        ci_low, ci_high: Bootstrap 95% CI of the difference of means (NaN when not computed).
+    """
+
+    test: str
+    alternative: str
+    mean_a: float
+    mean_b: float
+    diff: float
+    statistic: float
+    pvalue: float
+    df: float
+    n_a: int
+    n_b: int
+    ci_low: float = float("nan")
+    ci_high: float = float("nan")
+
+    def to_dict(self) -> dict:
+        """Plain dict (JSON-ready)."""
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.mean_b:.4g} -> {self.mean_a:.4g} (diff {self.diff:+.4g}, "
+            f"95% CI [{self.ci_low:.4g}, {self.ci_high:.4g}], t={self.statistic:.3g}, "
+            f"p={self.pvalue:.3g}, {self.test}, {self.alternative})"
+        )
+
+
+def _clean(x: Sequence[float] | np.ndarray) -> np.ndarray:
+    a = np.asarray(x, dtype=np.float64).ravel()
+    return a[np.isfinite(a)]
+
+
+def bootstrap_ci(
+    a: Sequence[float] | np.ndarray,
+    b: Sequence[float] | np.ndarray | None = None,
+    *,
+    paired: bool = False,
+    n_boot: int = 10_000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of mean(a) (b None), mean(a) - mean(b), or mean(a - b) (paired).
+
+    Example:
+        >>> lo, hi = bootstrap_ci([1.0, 2, 3, 4], [0.0, 1, 1, 2])
+        >>> lo < 1.5 < hi
+        True
+    """
+    rng = np.random.default_rng(seed)
+    if paired:
+        if b is None:
+            raise ShiftlensError("paired bootstrap needs both samples")
+        x, y = np.asarray(a, float).ravel(), np.asarray(b, float).ravel()
+        if x.shape != y.shape:
+            raise ShiftlensError(f"paired samples differ in length: {x.size} vs {y.size}")
+        keep = np.isfinite(x) & np.isfinite(y)
+        d = x[keep] - y[keep]
+        if d.size < 2:
+            return float("nan"), float("nan")
+        means = d[rng.integers(0, d.size, (n_boot, d.size))].mean(1)
+    else:
+        x = _clean(a)
+        if x.size < 2:
+            return float("nan"), float("nan")
+        means = x[rng.integers(0, x.size, (n_boot, x.size))].mean(1)
+        if b is not None:
+            y = _clean(b)
+            if y.size < 2:
+                return float("nan"), float("nan")
+            means = means - y[rng.integers(0, y.size, (n_boot, y.size))].mean(1)
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(means, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+def welch_test(
+    a: Sequence[float] | np.ndarray,
+    b: Sequence[float] | np.ndarray,
+    *,
+    alternative: Alternative = "two-sided",
+    ci: bool = True,
+    seed: int = 0,
+) -> TestResult:
+    """Welch's unequal-variance t-test of mean(a) vs mean(b), with a bootstrap CI of the diff.
+
+    NaNs are dropped. With fewer than two finite values in a sample, statistic and p are NaN.
+
+    Example:
+        >>> r = welch_test([3.0, 4, 5, 6], [1.0, 2, 2, 3], alternative="greater")
+        >>> r.pvalue < 0.05
+        True
+    """
+    x, y = _clean(a), _clean(b)
+    if x.size >= 2 and y.size >= 2:
+        res = _st.ttest_ind(x, y, equal_var=False, alternative=alternative)
+        stat, p = float(res.statistic), float(res.pvalue)
+        df = float(getattr(res, "df", np.nan))
+    else:
+        stat = p = df = float("nan")
+    lo, hi = bootstrap_ci(x, y, seed=seed) if ci else (float("nan"), float("nan"))
+    ma = float(x.mean()) if x.size else float("nan")
+    mb = float(y.mean()) if y.size else float("nan")
+    return TestResult("welch", alternative, ma, mb, ma - mb, stat, p, df, int(x.size), int(y.size), lo, hi)
+
+
+def paired_test(
+    a: Sequence[float] | np.ndarray,
+    b: Sequence[float] | np.ndarray,
+    *,
+    alternative: Alternative = "two-sided",
+    ci: bool = True,
+    seed: int = 0,
+) -> TestResult:
+    """Paired t-test of a vs b (same items measured twice); pairs with a NaN are dropped.
+
+    Example:
+        >>> paired_test([1.0, 2, 3], [0.5, 1.4, 2.6], alternative="greater").diff > 0
+        True
+    """
+    x, y = np.asarray(a, float).ravel(), np.asarray(b, float).ravel()
+    if x.shape != y.shape:
+        raise ShiftlensError(f"paired samples differ in length: {x.size} vs {y.size}")
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    d = x - y
+    if d.size >= 2 and np.ptp(d) > 0:
+        res = _st.ttest_rel(x, y, alternative=alternative)
+        stat, p, df = float(res.statistic), float(res.pvalue), float(d.size - 1)
+    elif d.size >= 2:  # constant differences: t is +-inf (or undefined when all zero)
+        m = float(d.mean())
+        stat = float("nan") if m == 0 else float(np.sign(m) * np.inf)
+        if m == 0:
+            p = 1.0
+        elif alternative == "two-sided":
+            p = 0.0
+        else:
+            p = 0.0 if (m > 0) == (alternative == "greater") else 1.0
+        df = float(d.size - 1)
+    else:
+        stat = p = df = float("nan")
+    lo, hi = bootstrap_ci(x, y, paired=True, seed=seed) if ci else (float("nan"), float("nan"))
+    ma = float(x.mean()) if x.size else float("nan")
+    mb = float(y.mean()) if y.size else float("nan")
+    return TestResult("paired", alternative, ma, mb, ma - mb, stat, p, df, int(x.size), int(y.size), lo, hi)
+
+
+def layer_groups(
+    n_layers: int, names: Sequence[str] = ("lower", "middle", "upper")
+) -> list[str]:
+    """Split layers into contiguous groups of near-equal size (the paper's lower/middle/upper).
+
+    Example:
+        >>> layer_groups(6)
+        ['lower', 'lower', 'middle', 'middle', 'upper', 'upper']
+    """
+    if n_layers < 1:
+        raise ShiftlensError(f"n_layers must be >= 1, got {n_layers}")
+    k = len(names)
+    return [names[min(k - 1, (layer * k) // n_layers)] for layer in range(n_layers)]
