@@ -315,7 +315,10 @@ def run_hooks_batched(
             seg[j, : lengths[j]] = tp.segments
         n_prompt = [tp.n_prompt for tp in tps]
 
-        def make_hook(name: str) -> Callable[..., Tensor]:
+        def make_hook(
+            name: str, seg: Tensor = seg, lengths: list[int] = lengths,
+            n_prompt: list[int] = n_prompt, batch: list[int] = batch,
+        ) -> Callable[..., Tensor]:
             def hook(act: Tensor, hook: Any = None) -> Tensor:
                 reduced = _reduce(name, act.detach(), seg.to(act.device), lengths, n_prompt, reduce)
                 for j, r in zip(batch, reduced):
@@ -394,8 +397,8 @@ def capture_pair(
 
 
 def segment_mean(
-    act: Float[Tensor, "pos *rest"], tp: TokenizedPrompt
-) -> Float[Tensor, "seg *rest"]:
+    act: Float[Tensor, " pos *rest"], tp: TokenizedPrompt
+) -> Float[Tensor, " seg *rest"]:
     """Mean of a per-position activation over each segment of a tokenized prompt (NaN if empty).
 
     Example:
