@@ -7,7 +7,8 @@ else: chat markup, "Input:" labels, newlines). After tokenization two more segme
 ``response`` (tokens appended after the prompt). Spans are mapped to tokens through the
 tokenizer's offset mapping, never by searching strings among tokens: a token belongs to the
 segment of its first non-whitespace character (so a byte-level ``" reverse"`` token whose
-leading space is template text counts as instruction).
+leading space is template text counts as instruction); a token of whitespace only belongs to
+the segment of its first character (whitespace between two spans is template).
 """
 
 from __future__ import annotations
@@ -96,16 +97,19 @@ class InstructionPrompt:
     """
 
     text: str
-    instruction: tuple[Span, ...] = ()
-    context: tuple[Span, ...] = ()
+    instruction: Sequence[Any] = ()  # normalised to tuple[Span, ...] in __post_init__
+    context: Sequence[Any] = ()
     reference: str | None = None
     id: str = ""
     category: str | None = None
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "instruction", _norm_spans(self.instruction, "instruction"))
-        object.__setattr__(self, "context", _norm_spans(self.context, "context"))
+        for what in ("instruction", "context"):
+            try:
+                object.__setattr__(self, what, _norm_spans(getattr(self, what), what))
+            except ShiftlensError as e:
+                raise ShiftlensError(f"prompt {self.label}: {e}") from None
         if not isinstance(self.text, str):
             raise ShiftlensError(f"prompt {self.label}: text must be a string")
         if not self.text.strip():
