@@ -127,7 +127,7 @@ class ModelPair:
         tuned: Any,
         *,
         names: tuple[str, str] | None = None,
-        processing: Processing = "raw",
+        processing: str = "raw",
         check: bool = True,
         probe_strings: Sequence[str] = PROBE_STRINGS,
     ) -> None:
@@ -162,7 +162,7 @@ class ModelPair:
         *,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
-        processing: Processing = "raw",
+        processing: str = "raw",
         check: bool = True,
         **boot_kwargs: Any,
     ) -> ModelPair:
@@ -207,7 +207,7 @@ class ModelPair:
         tuned: Any,
         *,
         names: tuple[str, str] | None = None,
-        processing: Processing = "raw",
+        processing: str = "raw",
         check: bool = True,
     ) -> ModelPair:
         """Wrap two TransformerBridges that are already loaded.

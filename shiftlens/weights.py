@@ -69,8 +69,9 @@ def norm_scale(norm: Any, d_model: int) -> Float[Tensor, " d_model"]:
     """The elementwise scale gamma a normalization module applies after normalizing.
 
     LayerNorm modules return their weight; any other (RMSNorm variants, incl. Gemma's
-    ``1 + w``) is probed: ``norm(c * sqrt(d) * e_i)`` has RMS ``c`` so its i-th entry divided by
-    ``c * sqrt(d)`` is gamma_i (``c`` large makes eps negligible).
+    ``1 + w``) is probed: ``x = c * sqrt(d) * e_i`` has RMS ``c``, so ``norm(x)`` is
+    ``sqrt(d) * gamma_i * e_i`` and its i-th entry divided by ``sqrt(d)`` is gamma_i (``c``
+    large makes eps negligible).
 
     Args:
         norm: A bridge normalization component (``model.blocks[l].ln1``) or a torch module.
@@ -91,7 +92,7 @@ def norm_scale(norm: Any, d_model: int) -> Float[Tensor, " d_model"]:
     c = 1e3
     x = torch.eye(d_model, device=device, dtype=torch.float32) * (c * d_model**0.5)
     y = mod(x.to(dtype)).float()
-    return (torch.diagonal(y) / (c * d_model**0.5)).cpu()
+    return (torch.diagonal(y) / d_model**0.5).cpu()
 
 
 def _block_norms(model: Any, layer: int) -> tuple[Any, Any]:
