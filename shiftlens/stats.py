@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 from scipy import stats as _st
 
 from shiftlens.errors import ShiftlensError
@@ -32,6 +33,8 @@ class TestResult:
         n_a, n_b: Sample sizes used.
         ci_low, ci_high: Bootstrap 95% CI of the difference of means (NaN when not computed).
     """
+
+    __test__ = False  # not a pytest test class
 
     test: str
     alternative: str
@@ -58,14 +61,14 @@ class TestResult:
         )
 
 
-def _clean(x: Sequence[float] | np.ndarray) -> np.ndarray:
+def _clean(x: npt.ArrayLike) -> np.ndarray:
     a = np.asarray(x, dtype=np.float64).ravel()
     return a[np.isfinite(a)]
 
 
 def bootstrap_ci(
-    a: Sequence[float] | np.ndarray,
-    b: Sequence[float] | np.ndarray | None = None,
+    a: npt.ArrayLike,
+    b: npt.ArrayLike | None = None,
     *,
     paired: bool = False,
     n_boot: int = 10_000,
@@ -107,8 +110,8 @@ def bootstrap_ci(
 
 
 def welch_test(
-    a: Sequence[float] | np.ndarray,
-    b: Sequence[float] | np.ndarray,
+    a: npt.ArrayLike,
+    b: npt.ArrayLike,
     *,
     alternative: Alternative = "two-sided",
     ci: bool = True,
@@ -137,8 +140,8 @@ def welch_test(
 
 
 def paired_test(
-    a: Sequence[float] | np.ndarray,
-    b: Sequence[float] | np.ndarray,
+    a: npt.ArrayLike,
+    b: npt.ArrayLike,
     *,
     alternative: Alternative = "two-sided",
     ci: bool = True,

@@ -1,0 +1,107 @@
+"""ModelPair: loading, iteration, compatibility checks, weight processing."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from shiftlens import ModelPair, ShiftlensError, ShiftlensWarning
+from shiftlens.pair import load_bridge
+from shiftlens.testing import perturbed_copy, tiny_model_dir
+
+
+def test_pair_basics(pair, arch):
+    assert [r for r, _ in pair] == ["base", "tuned"]
+    assert dict(pair)["tuned"] is pair.tuned
+    assert pair.cfg.n_layers == 2 and pair.cfg.d_model == 32
+    assert pair.tokenizer is pair.base.tokenizer
+    assert pair.processing == "raw"
+    assert pair.prepend_bos == (arch != "qwen2")
+    assert "base" in pair.names["base"] and "tuned" in pair.names["tuned"]
+    assert not pair.identical_weights()
+    # raw weights: bridge logits equal the plain HF model's
+    toks = torch.tensor([[pair.tokenizer.bos_token_id, 10, 11, 12]])
+    with torch.no_grad():
+        ours = pair.tuned(toks)
+        hf = pair.tuned.original_model(toks).logits
+    torch.testing.assert_close(ours, hf)
+
+
+def test_from_models_and_not_a_bridge(tiny_dirs):
+    b, t = tiny_dirs("llama")
+    mb, mt = load_bridge(b), load_bridge(t)
+    pair = ModelPair.from_models(mb, mt, names=("B", "T"))
+    assert pair.names == {"base": "B", "tuned": "T"}
+    with pytest.raises(ShiftlensError, match="tuned model is a .*Llama.*not a .*TransformerBridge"):
+        ModelPair.from_models(mb, mt.original_model)
+    with pytest.raises(ShiftlensError, match="base model is a builtins.str"):
+        ModelPair.from_models("gpt2", mt)
+
+
+def test_identical_weights_warns(tiny_dirs):
+    b, _ = tiny_dirs("gpt2")
+    with pytest.warns(ShiftlensWarning, match="identical weights"):
+        ModelPair.from_pretrained(b, b)
+
+
+def test_shape_mismatch_names_both(tiny_dirs, tmp_path):
+    b, _ = tiny_dirs("llama")
+    other = tiny_model_dir("llama", tmp_path / "deep", n_layers=3)
+    with pytest.raises(ShiftlensError, match=r"base '.*base' vs tuned '.*deep'.*n_layers 2 != 3"):
+        ModelPair.from_pretrained(b, other)
+    wide = tiny_model_dir("llama", tmp_path / "wide", d_model=48)
+    with pytest.raises(ShiftlensError, match="d_model 32 != 48"):
+        ModelPair.from_pretrained(b, wide)
+
+
+def test_tokenizer_mismatch(tiny_dirs, tmp_path):
+    b, _ = tiny_dirs("llama")  # sentencepiece-style tokenizer
+    other = tiny_model_dir("llama", tmp_path / "bl", tokenizer="bytelevel")
+    with pytest.raises(ShiftlensError, match="incompatible tokenizers.*vocabularies differ"):
+        ModelPair.from_pretrained(b, other)
+
+
+def test_tokenizer_same_vocab_different_tokenization(tiny_dirs, tmp_path):
+    """Same vocabulary, different merges: caught by the probe strings."""
+    import json
+
+    b, _ = tiny_dirs("gpt2")
+    t = perturbed_copy(b, tmp_path / "t")
+    tj = json.loads((t / "tokenizer.json").read_text())
+    tj["model"]["merges"] = tj["model"]["merges"][: len(tj["model"]["merges"]) // 2]
+    (t / "tokenizer.json").write_text(json.dumps(tj))
+    with pytest.raises(ShiftlensError, match="tokenize .* differently"):
+        ModelPair.from_pretrained(b, t)
+
+
+def test_bad_processing_and_missing_dir(tiny_dirs, tmp_path):
+    b, t = tiny_dirs("gpt2")
+    with pytest.raises(ShiftlensError, match="processing must be"):
+        ModelPair.from_pretrained(b, t, processing="folded")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ShiftlensError, match="not a Hugging Face model directory"):
+        ModelPair.from_pretrained(tmp_path / "empty", t)
+
+
+@pytest.mark.parametrize("arch_", ["llama", "gemma2"])
+def test_compat_processing_matches_own_folding(tiny_dirs, arch_):
+    """TL's fold_ln (compat mode) == our diag(gamma) folding of raw weights (RMSNorm models)."""
+    from shiftlens.weights import is_processed, qk_weights, unembedding
+
+    b, t = tiny_dirs(arch_)
+    raw = ModelPair.from_pretrained(b, t)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        comp = ModelPair.from_pretrained(b, t, processing="compat")
+    assert comp.processing == "compat" and is_processed(comp.base) and not is_processed(raw.base)
+    for layer in range(2):
+        q_raw, k_raw = qk_weights(raw.base, layer)
+        q_c, k_c = qk_weights(comp.base, layer)
+        torch.testing.assert_close(q_raw, q_c, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(k_raw, k_c, atol=1e-5, rtol=1e-4)
+    # the unembedding is also centred in compat mode: compare up to the per-row mean
+    u_raw, u_c = unembedding(raw.base), unembedding(comp.base)
+    torch.testing.assert_close(u_raw - u_raw.mean(1, keepdim=True), u_c - u_c.mean(1, keepdim=True),
+                               atol=1e-5, rtol=1e-4)
