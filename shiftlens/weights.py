@@ -274,7 +274,9 @@ class WordVocab:
                 cols.append(tok)
                 vals.append(1.0 / len(t))
         idx = torch.tensor([rows, cols], dtype=torch.long)
-        return torch.sparse_coo_tensor(idx, torch.tensor(vals), (len(self), d_vocab)).coalesce()
+        return torch.sparse_coo_tensor(
+            idx, torch.tensor(vals), (len(self), d_vocab), check_invariants=True
+        ).coalesce()
 
     def subset(self, words: Sequence[str]) -> WordVocab:
         """The entries for ``words`` that are in this vocabulary (in the given order)."""
