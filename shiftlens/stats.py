@@ -32,6 +32,11 @@ class TestResult:
         statistic, pvalue, df: The t statistic, its p-value and degrees of freedom.
         n_a, n_b: Sample sizes used.
         ci_low, ci_high: Bootstrap 95% CI of the difference of means (NaN when not computed).
+
+    Example:
+        >>> r = welch_test([2.0, 3, 4], [1.0, 1, 2], alternative="greater")
+        >>> round(r.diff, 3), r.n_a
+        (1.667, 3)
     """
 
     __test__ = False  # not a pytest test class
