@@ -1,0 +1,21 @@
+"""Run the docstring examples of the foundation modules (examples needing a model are skipped)."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "shiftlens.errors", "shiftlens.prompts", "shiftlens.capture", "shiftlens.stats",
+    "shiftlens.io", "shiftlens.vocab",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_doctests(name):
+    mod = importlib.import_module(name)
+    res = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert res.attempted > 0, f"{name}: no runnable examples found"
+    assert res.failed == 0, f"{res.failed} doctest failures in {name}"
