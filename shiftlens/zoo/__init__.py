@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from shiftlens.errors import ShiftlensError
+from shiftlens.pair import ModelPair
 from shiftlens.zoo.grammar import TASK_NAMES
 from shiftlens.zoo.heldout import heldout_sentences, toy_prompts
-
-if TYPE_CHECKING:
-    from shiftlens.pair import ModelPair
 
 __all__ = ["TASK_NAMES", "PAIR_DIR", "pair_dirs", "toy_pair", "toy_prompts", "manifest", "heldout_sentences"]
 
@@ -50,8 +49,6 @@ def pair_dirs() -> tuple[Path, Path]:
     base, tuned = PAIR_DIR / "base", PAIR_DIR / "tuned"
     for d in (base, tuned):
         if not (d / "config.json").exists() or not (d / "model.safetensors").exists():
-            from shiftlens.errors import ShiftlensError
-
             raise ShiftlensError(
                 f"toy pair directory {d} is missing or incomplete; rebuild it with "
                 "`python -m shiftlens.zoo.train`"
@@ -86,7 +83,5 @@ def toy_pair(device: str | torch.device = "cpu", dtype: torch.dtype = torch.floa
         >>> pair.base.cfg.n_layers  # doctest: +SKIP
         4
     """
-    from shiftlens.pair import ModelPair
-
     base, tuned = pair_dirs()
     return ModelPair.from_pretrained(base, tuned, device=device, dtype=dtype, **kwargs)

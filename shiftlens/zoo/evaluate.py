@@ -26,17 +26,15 @@ import random
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch.nn import functional as F
 
+from shiftlens.pair import ModelPair
+from shiftlens.prompts import InstructionPrompt
 from shiftlens.zoo import grammar
 from shiftlens.zoo.heldout import heldout_sentences, toy_prompts
-
-if TYPE_CHECKING:
-    from shiftlens.pair import ModelPair
-    from shiftlens.prompts import InstructionPrompt
 
 __all__ = [
     "generate",

@@ -164,13 +164,13 @@ def _instruction_verb_sentence(rng: random.Random) -> str:
     if base == "count":
         extra = rng.choice(("", "", " " + rng.choice(TIMES), f" and finds {rng.choice(NUMBER_WORDS)}"))
     elif base == "translate":
-        extra = rng.choice(("", " into a new language", " for the " + rng.choice(PEOPLE)))
+        extra = rng.choice(("", " into zorbish", " into a new language", " for the " + rng.choice(PEOPLE)))
     elif base in ("give", "say", "write"):
         extra = rng.choice(("", " to the " + rng.choice(PEOPLE), " " + rng.choice(TIMES)))
     elif base == "put":
-        extra = " " + rng.choice(("on the wall", "in the box", "in order", "by the door", "near the road"))
+        extra = " " + rng.choice(("on the wall", "in the box", "in order", "in alphabetical order", "by the door"))
     elif base in ("sort", "reverse"):
-        extra = rng.choice(("", "", " by size", " in order", " " + rng.choice(TIMES)))
+        extra = rng.choice(("", "", " by size", " in order", " in alphabetical order", " " + rng.choice(TIMES)))
     else:
         extra = rng.choice(("", " " + rng.choice(TIMES)))
     return f"{subj} {verb} {obj}{extra}."
@@ -223,6 +223,8 @@ def corpus_sentence(rng: random.Random) -> str:
     if r < 0.93:  # numbers
         n = rng.choice(NUMBER_WORDS[2:])
         sg, pl = rng.choice(_ALL_NOUNS)
+        if rng.random() < 0.3:
+            return f"the number of {pl} is {n}."
         return f"there are {n} {pl} {rng.choice(('here', 'in the box', 'near ' + rng.choice(PLACES)))}."
     # compound
     subj, plural = _subject(rng)

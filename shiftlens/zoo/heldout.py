@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
+from shiftlens.errors import ShiftlensError
+from shiftlens.prompts import InstructionPrompt
 from shiftlens.zoo import grammar
-
-if TYPE_CHECKING:
-    from shiftlens.prompts import InstructionPrompt
 
 __all__ = ["PROMPTS_PER_TASK", "toy_prompts", "heldout_sentences"]
 
@@ -69,9 +66,6 @@ def toy_prompts(
         >>> ps[0].text.endswith("Response:")
         True
     """
-    from shiftlens.errors import ShiftlensError
-    from shiftlens.prompts import InstructionPrompt
-
     names = tuple(tasks) if tasks is not None else grammar.TASK_NAMES
     unknown = [t for t in names if t not in grammar.TASK_NAMES]
     if unknown:

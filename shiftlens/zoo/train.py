@@ -65,18 +65,18 @@ class TrainConfig:
     d_mlp: int = 384
     seq_len: int = 64
     # pre-training
-    pretrain_steps: int = 1500
+    pretrain_steps: int = 600
     pretrain_batch: int = 32
     pretrain_lr: float = 3e-3
     # instruction tuning
-    sft_steps: int = 1800
+    sft_steps: int = 1100
     sft_batch: int = 48
-    sft_lr: float = 1.5e-3
+    sft_lr: float = 2e-3
     corpus_every: int = 4
     # shared
     warmup: int = 40
     weight_decay: float = 0.01
-    threads: int = 2
+    threads: int = 1
     save_dtype: str = "float32"
 
     @classmethod
@@ -272,7 +272,7 @@ def train_pair(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
-    t_start = time.perf_counter()
+    t_start, c_start = time.perf_counter(), time.process_time()
     phases: dict[str, dict[str, Any]] = {}
 
     # 1. data -------------------------------------------------------------------------------
@@ -305,7 +305,7 @@ def train_pair(
     }
 
     # 3. base -------------------------------------------------------------------------------
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     _seed_all(cfg.seed)
     model = LlamaForCausalLM(_model_config(cfg, tokenizer))
     model.train()
@@ -331,12 +331,13 @@ def train_pair(
         "tokens_seen": cfg.pretrain_steps * cfg.pretrain_batch * cfg.seq_len,
         "final_loss": round(sum(tail) / len(tail), 4),
         "wall_s": round(time.perf_counter() - t0, 1),
+        "cpu_s": round(time.process_time() - c0, 1),
     }
     model.eval()
     _save(model, tokenizer, out / "base", cfg.save_dtype)
 
     # 4. tuned ------------------------------------------------------------------------------
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     _seed_all(cfg.seed + 2)
     model.train()
     gen = torch.Generator().manual_seed(cfg.seed + 3)
@@ -372,6 +373,7 @@ def train_pair(
         "final_response_loss": round(sum(tail) / len(tail), 4),
         "final_corpus_loss": round(sum(ltail) / len(ltail), 4),
         "wall_s": round(time.perf_counter() - t0, 1),
+        "cpu_s": round(time.process_time() - c0, 1),
     }
     model.eval()
     _save(model, tokenizer, out / "tuned", cfg.save_dtype)
@@ -399,6 +401,8 @@ def train_pair(
         "tasks": {t.name: list(t.phrasings) for t in grammar.TASKS},
         "phases": phases,
         "train_wall_s": round(time.perf_counter() - t_start, 1),
+        "train_cpu_s": round(time.process_time() - c_start, 1),
+        "load_average_at_end": _loadavg(),
         "torch": torch.__version__,
         "threads": cfg.threads,
     }
@@ -410,6 +414,16 @@ def train_pair(
         update_manifest(out / "manifest.json", result)
         manifest = json.loads((out / "manifest.json").read_text())
     return manifest
+
+
+def _loadavg() -> list[float] | None:
+    """1/5/15-minute load average (other processes sharing the CPU inflate wall times)."""
+    try:
+        import os
+
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:
