@@ -301,6 +301,7 @@ class InstructionAttentionResult:
             sorted by ``delta`` descending (``rank`` 0 = largest increase).
         alternative: Alternative hypothesis of the paired tests (tuned vs base).
         seed: Bootstrap seed.
+        n_layers: The models' number of layers (for the lower/middle/upper layer groups).
     """
 
     mass: Float[Tensor, "role prompt layer head segment"]
@@ -313,6 +314,7 @@ class InstructionAttentionResult:
     tests: pd.DataFrame
     alternative: str = "two-sided"
     seed: int = 0
+    n_layers: int | None = None
 
     @property
     def n_prompts(self) -> int:
@@ -403,8 +405,7 @@ class InstructionAttentionResult:
         overall = paired_test(per_prompt[1].numpy(), per_prompt[0].numpy(),
                               alternative=self.alternative, seed=self.seed)
         groups: dict[str, Any] = {}
-        n_layers = max(self.layers) + 1
-        gnames = layer_groups(n_layers)
+        gnames = layer_groups(self.n_layers or max(self.layers) + 1)
         for g in dict.fromkeys(gnames[layer] for layer in self.layers):
             cols = [j for j, layer in enumerate(self.layers) if gnames[layer] == g]
             x = ins[:, :, cols].mean((2, 3))
@@ -417,9 +418,11 @@ class InstructionAttentionResult:
         bh_down = int(((t.p_bh < 0.05) & (t.delta < 0)).sum())
         top = t.head(5)[["layer", "head", "base", "tuned", "delta", "p", "p_holm"]]
         q = "response tokens" if self.query == "response" else "the last prompt token"
+        if self.fallback_last:
+            q += f" (last prompt token for {len(self.fallback_last)} prompts without reference)"
         sentence = (
             f"Over {self.n_prompts} prompts ({len(self.excluded)} excluded without instruction "
-            f"tokens), {q} put {overall.mean_b:.3f} of their attention on the instruction in "
+            f"tokens), the attention of {q} on the instruction is {overall.mean_b:.3f} in "
             f"base and {overall.mean_a:.3f} in tuned (mean over heads; paired t-test across "
             f"prompts p={overall.pvalue:.3g}). {sig_up} of {len(t)} heads attend to the "
             f"instruction significantly more and {sig_down} less after tuning (Holm-adjusted "
@@ -464,6 +467,7 @@ class InstructionAttentionResult:
             "model_names": self.model_names,
             "alternative": self.alternative,
             "seed": self.seed,
+            "n_layers": self.n_layers,
             "segments": list(SEGMENTS),
         }
         return save_bundle(directory, "InstructionAttentionResult", meta,
@@ -488,6 +492,7 @@ class InstructionAttentionResult:
             tests=frames["tests"],
             alternative=str(meta["alternative"]),
             seed=int(meta["seed"]),
+            n_layers=None if meta.get("n_layers") is None else int(meta["n_layers"]),
         )
 
     def show(self, path: str | Path | None = None, *, alpha: float = 0.05) -> Any:
@@ -630,6 +635,7 @@ def instruction_attention(
         tests=tests,
         alternative=alternative,
         seed=seed,
+        n_layers=int(pair.cfg.n_layers),
     )
 
 
@@ -669,7 +675,10 @@ class BoundFilter(Protocol):
     """A relatedness test bound to one vocabulary: which (query word, key word) pairs pass.
 
     Called with word indices into the vocabulary; returns a boolean mask. May also define
-    ``similarity(q_word, k_word)`` (reported in the pair tables).
+    ``block(q_words[..., a], k_words[..., b]) -> bool[..., a, b]`` (every combination of two
+    word lists at once; used by :func:`layer_word_pairs` when present, which avoids gathering
+    one vector pair per candidate) and ``similarity(q_word, k_word)`` (reported in the pair
+    tables).
     """
 
     def __call__(self, q_word: Tensor, k_word: Tensor) -> Tensor: ...
@@ -716,6 +725,19 @@ class CosineThreshold:
     def __call__(self, q_word: Int[Tensor, " n"], k_word: Int[Tensor, " n"]) -> Bool[Tensor, " n"]:
         s = self.similarity(q_word, k_word)
         return (s > self.threshold[q_word]) & (s > self.threshold[k_word])
+
+    def block(
+        self, q_word: Int[Tensor, "*batch a"], k_word: Int[Tensor, "*batch b"]
+    ) -> Bool[Tensor, "*batch a b"]:
+        """The rule for every (q_word[..., i], k_word[..., j]) combination (batched matmul).
+
+        Example:
+            >>> bound.block(torch.tensor([[0, 1]]), torch.tensor([[2, 3, 4]])).shape  # doctest: +SKIP
+            torch.Size([1, 2, 3])
+        """
+        S = self.unit[q_word] @ self.unit[k_word].transpose(-1, -2)
+        return (S > self.threshold[q_word][..., :, None]) & (
+            S > self.threshold[k_word][..., None, :])
 
 
 @torch.no_grad()
@@ -1052,9 +1074,15 @@ def layer_word_pairs(
     keep = (qa[..., :, None] * ka[..., None, :]) > 0  # [H, T, k, k]
     if exclude_self:
         keep &= qi[..., :, None] != ki[..., None, :]
+    blockwise = pair_filter is not None and callable(getattr(pair_filter, "block", None))
+    if blockwise:  # all k x k combinations of each (head, dim) at once, heads in chunks
+        step = max(1, int(2**24 // max(1, T * k * max(1, E.shape[1]))))
+        for s in range(0, H, step):
+            keep[s : s + step] &= pair_filter.block(qi[s : s + step], ki[s : s + step]).to(
+                torch.bool)
     h, t, i, j = keep.nonzero(as_tuple=True)
     qw, kw = qi[h, t, i], ki[h, t, j]
-    if pair_filter is not None and h.numel():
+    if pair_filter is not None and not blockwise and h.numel():
         ok = pair_filter(qw, kw).to(torch.bool)
         h, t, i, j, qw, kw = h[ok], t[ok], i[ok], j[ok], qw[ok], kw[ok]
     q_act, k_act = qa[h, t, i], ka[h, t, j]
@@ -1080,7 +1108,7 @@ def _layer_weights(
     """Selected heads' W_Q, the key heads they use (deduplicated) and the head -> key map."""
     W_Q, W_K = qk_weights(model, layer, fold_norm=fold_norm)  # K expanded per query head
     n_heads = W_Q.shape[0]
-    hs = list(range(n_heads)) if heads is None else list(heads)
+    hs = list(range(n_heads)) if heads is None else list(dict.fromkeys(heads))
     for hd in hs:
         check_layer(model, layer, hd)
     if not hs:

@@ -57,10 +57,16 @@ def _prompts() -> list[InstructionPrompt]:
     return ps + [no_ref, no_ins]
 
 
-def _direct_mass(pair: ModelPair, prompts, layers, query: str) -> torch.Tensor:
+def _full_patterns(pair: ModelPair, prompts):
+    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(pair.cfg.n_layers)]
+    return pair.run_with_cache(prompts, names, reduce=None, with_reference=True, progress=False)
+
+
+def _direct_mass(pair: ModelPair, prompts, layers, query: str, cache=None) -> torch.Tensor:
     """[role, prompt, layer, head, segment] from full captured patterns (reduce=None)."""
     names = [f"blocks.{layer}.attn.hook_pattern" for layer in layers]
-    cache = pair.run_with_cache(prompts, names, reduce=None, with_reference=True, progress=False)
+    if cache is None:
+        cache = _full_patterns(pair, prompts)
     H = pair.cfg.n_heads
     out = torch.zeros(2, len(prompts), len(layers), H, len(SEGMENTS))
     for r, role in enumerate(("base", "tuned")):
@@ -81,11 +87,26 @@ def _direct_mass(pair: ModelPair, prompts, layers, query: str) -> torch.Tensor:
 # ----------------------------------------------------------------------------- activation view
 
 
-@pytest.mark.parametrize("query", ["response", "last"])
-def test_instruction_attention_equals_direct_computation(lpair, query):
-    prompts = _prompts()
+@pytest.fixture(scope="module")
+def full_cache(lpair):
+    """Full attention patterns (reduce=None) of the prompts that have instruction tokens."""
+    return _full_patterns(lpair, _prompts()[:-1])
+
+
+@pytest.fixture(scope="module")
+def ia_response(lpair):
     with pytest.warns(ShiftlensWarning, match="no instruction tokens"):
-        res = instruction_attention(lpair, prompts, query=query, progress=False)
+        return instruction_attention(lpair, _prompts(), query="response", progress=False)
+
+
+@pytest.mark.parametrize("query", ["response", "last"])
+def test_instruction_attention_equals_direct_computation(lpair, query, ia_response, full_cache):
+    prompts = _prompts()
+    if query == "response":
+        res = ia_response
+    else:
+        with pytest.warns(ShiftlensWarning, match="no instruction tokens"):
+            res = instruction_attention(lpair, prompts, query=query, progress=False)
     kept = prompts[:-1]
     assert res.excluded == ["no-ins"]
     assert res.n_prompts == len(kept)
@@ -94,7 +115,7 @@ def test_instruction_attention_equals_direct_computation(lpair, query):
         assert res.fallback_last == ["no-ref"]
     else:
         assert res.fallback_last == [] and all(res.used_last)
-    direct = _direct_mass(lpair, kept, list(range(lpair.cfg.n_layers)), query)
+    direct = _direct_mass(lpair, kept, list(range(lpair.cfg.n_layers)), query, full_cache)
     torch.testing.assert_close(res.mass, direct, atol=1e-5, rtol=1e-4)
     # masses are distributions over key segments
     torch.testing.assert_close(res.mass.sum(-1), torch.ones(res.mass.shape[:-1]), atol=1e-4, rtol=0)
@@ -106,9 +127,8 @@ def test_instruction_attention_equals_direct_computation(lpair, query):
     assert row.tuned == pytest.approx(float(direct[1, :, 1, 3, 1].mean()), abs=1e-5)
 
 
-def test_per_head_paired_tests_and_adjustment(lpair):
-    prompts = [p for p in default_prompts() if p.reference][:8]
-    res = instruction_attention(lpair, prompts, progress=False, ci=False)
+def test_per_head_paired_tests_and_adjustment(lpair, ia_response):
+    res = ia_response
     ins = res.mass[..., 1].double().numpy()  # equal to the direct computation (test above)
     t = res.ranking()
     assert len(t) == lpair.cfg.n_layers * lpair.cfg.n_heads
@@ -140,16 +160,18 @@ def test_p_adjust_hand_values():
         p_adjust(p, "bonferroni")  # type: ignore[arg-type]
 
 
-def test_instruction_attention_result_roundtrip_and_figure(lpair, tmp_path):
-    res = instruction_attention(lpair, _prompts()[:4], progress=False, seed=3)
+def test_instruction_attention_result_roundtrip_and_figure(ia_response, tmp_path):
+    res = ia_response
     res.save(tmp_path / "r")
     back = InstructionAttentionResult.load(tmp_path / "r")
     assert torch.equal(back.mass, res.mass)
     pd.testing.assert_frame_equal(back.tests, res.tests)
-    assert back.prompt_ids == res.prompt_ids and back.seed == 3 and back.query == "response"
+    assert back.prompt_ids == res.prompt_ids and back.excluded == ["no-ins"]
+    assert back.query == "response" and back.seed == 0 and back.n_layers == 2
     assert back.summary()["sentence"] == res.summary()["sentence"]
     s = res.summary()
-    assert s["n_prompts"] == 4 and s["n_excluded"] == 0 and s["n_heads"] == 8
+    assert s["n_prompts"] == 6 and s["n_excluded"] == 1 and s["n_fallback_last"] == 1
+    assert s["n_heads"] == 8 and set(s["by_layer_group"]) == {"lower", "middle"}
     fig = res.show(tmp_path / "heat.png")
     assert (tmp_path / "heat.png").stat().st_size > 0
     img = fig.axes[0].get_images()[0].get_array()
@@ -522,12 +544,19 @@ def test_toy_pair_activation_view_equals_direct():
 
 
 def test_toy_pair_verb_shift_runs():
-    pair, _ = _toy()
+    pair, toy_prompts = _toy()
     from shiftlens.zoo import grammar
 
+    words = sorted({w for p in toy_prompts(28) for w in p.text.lower().split()
+                    if w.isalpha()} | set(grammar.INPUT_WORDS)
+                   | {f for v in grammar.INSTRUCTION_VERBS + grammar.TRANSITIVE_VERBS for f in v})
+    vocab = WordVocab.build(pair.tokenizer, words, max_tokens=2)
     ins = [v[0] for v in grammar.INSTRUCTION_VERBS]
     gen = [v[0] for v in grammar.TRANSITIVE_VERBS]
-    res = verb_shift(pair, instruction=ins, general=gen, progress=False)
-    assert set(res.tests.group) >= {"all"}
-    assert res.counts.shape[0] == pair.cfg.n_layers * pair.cfg.n_heads * (
-        len(res.meta["instruction_verbs"]) + len(res.meta["general_verbs"]))
+    res = verb_shift(pair, vocab, instruction=ins, general=gen, progress=False)
+    assert res.meta["missing_verbs"] == []
+    assert res.counts.shape[0] == pair.cfg.n_layers * pair.cfg.n_heads * (len(ins) + len(gen))
+    # every count is reproducible from the kept pairs
+    base = _counts_by_hand(res.pairs, "base", ins + gen)
+    for r in res.counts.itertuples():
+        assert r.base == base.get((r.layer, r.head, r.verb), 0)
