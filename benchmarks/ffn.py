@@ -1,0 +1,154 @@
+"""Benchmark lens 3 (feed-forward concepts) on a random-weight model of realistic size.
+
+Model: ``--layers`` (24) layers of W_out ``[d_mlp=4096, d_model=1024]``, an unembedding
+``[1024, 50000]`` and a 50,000-word vocabulary (each word 1-3 random tokens). The weights are
+built as tensors in this script and the tensor-level functions are called
+(:func:`shiftlens.ffn.pca`, :func:`normalized_word_vectors`, :func:`top_words`): booting a
+TransformerBridge of that size would only add the load time.
+
+One JSON line per measurement, with ratios against the reference measured in the same run:
+
+* ``pca_solver``: one layer, each solver against ``torch.linalg.svd`` (float64), with its
+  accuracy (largest principal angle to the exact subspace, explained-variance error);
+* ``concept_words``: one layer's ``k`` components x all words in one matmul + top-k, against
+  a per-component loop (matrix-vector product + top-k per component), results checked equal;
+* ``all_layers``: every layer, components + concept words, total seconds; the loop's total is
+  measured on ``--naive-layers`` layers and scaled per layer (it is the slow part).
+
+Usage::
+
+    python benchmarks/ffn.py            # 24 layers, k=300 (the paper's cut)
+    python benchmarks/ffn.py --quick    # 3 layers, smaller comparisons (well under a minute)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+
+import torch
+
+from shiftlens.ffn import normalized_word_vectors, pca, principal_angles, top_words
+from shiftlens.weights import WordVocab
+
+
+def emit(**rec) -> None:
+    print(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in rec.items()}),
+          flush=True)
+
+
+def timed(fn, repeat: int = 1):
+    best, out = math.inf, None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def random_vocab(n_words: int, d_vocab: int, seed: int) -> WordVocab:
+    rng = random.Random(seed)
+    ids = [[rng.randrange(d_vocab) for _ in range(rng.choice((1, 1, 2, 3)))] for _ in range(n_words)]
+    return WordVocab([f"w{i}" for i in range(n_words)], ids, [])
+
+
+def layer_weight(layer: int, d_mlp: int, d_model: int, device: torch.device) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1000 + layer)
+    # a mildly decaying column scale, so the spectrum is not perfectly flat
+    scale = torch.linspace(1.5, 0.5, d_model) / math.sqrt(d_model)
+    return (torch.randn(d_mlp, d_model, generator=g) * scale).to(device)
+
+
+def loop_concept_words(comps: torch.Tensor, dirs: torch.Tensor, n: int):
+    scores, idx = [], []
+    for c in range(comps.shape[0]):
+        s = dirs @ comps[c]
+        i = s.abs().topk(n).indices
+        scores.append(s[i])
+        idx.append(i)
+    return torch.stack(scores), torch.stack(idx)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="3 layers, fewer comparisons")
+    ap.add_argument("--layers", type=int, default=None)
+    ap.add_argument("--d-model", type=int, default=1024)
+    ap.add_argument("--d-mlp", type=int, default=4096)
+    ap.add_argument("--vocab", type=int, default=50_000)
+    ap.add_argument("--k", type=int, default=300)
+    ap.add_argument("--top-words", type=int, default=50)
+    ap.add_argument("--naive-layers", type=int, default=None)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    n_layers = args.layers or (3 if args.quick else 24)
+    naive_layers = args.naive_layers or (1 if args.quick else 2)
+    dev = torch.device(args.device)
+    d, n, V, k, t = args.d_model, args.d_mlp, args.vocab, args.k, args.top_words
+    emit(bench="config", n_layers=n_layers, d_model=d, d_mlp=n, d_vocab=V, n_words=V, k=k,
+         top_words=t, device=str(dev), threads=torch.get_num_threads(), quick=args.quick)
+
+    # ---- word directions (once per model)
+    g = torch.Generator().manual_seed(0)
+    W_U = (torch.randn(d, V, generator=g) / math.sqrt(d)).to(dev)
+    vocab = random_vocab(V, V, seed=0)
+    sec, dirs = timed(lambda: normalized_word_vectors(W_U, vocab))
+    emit(bench="word_directions", seconds=sec, n_words=len(vocab))
+
+    # ---- PCA solvers on one layer, against full SVD (float64)
+    W0 = layer_weight(0, n, d, dev)
+    t_svd, ref = timed(lambda: pca(W0, k, method="svd"))
+    emit(bench="pca_solver", method="svd", k=k, seconds=t_svd, ratio_vs_svd=1.0,
+         max_angle_deg=0.0, evr_max_rel_err=0.0)
+    for method, kk in (("gram", k), ("lowrank", k), ("lowrank", 50)):
+        if args.quick and (method, kk) == ("lowrank", k):
+            continue
+        kk = min(kk, k)
+        # the full SVD costs the same for every k: its first kk rows are the exact reference
+        ref_v, ref_r = ref.components[:kk], ref.explained_variance_ratio[:kk]
+        sec, got = timed(lambda m=method, kk=kk: pca(W0, kk, method=m))
+        ang = float(torch.rad2deg(principal_angles(got.components.double().cpu(),
+                                                   ref_v.double().cpu())).max())
+        rel = float(((got.explained_variance_ratio - ref_r).abs() / ref_r).max())
+        emit(bench="pca_solver", method=method, k=kk, seconds=sec, ratio_vs_svd=t_svd / sec,
+             max_angle_deg=ang, evr_max_rel_err=rel)
+
+    # ---- concept words on one layer: one matmul vs a per-component loop
+    comps = pca(W0, k).components
+    t_vec, (s_vec, i_vec) = timed(lambda: top_words(comps, dirs, t), repeat=2)
+    t_loop, (s_loop, i_loop) = timed(lambda: loop_concept_words(comps, dirs, t))
+    same = bool(torch.equal(i_vec, i_loop)) or bool(torch.allclose(s_vec.abs(), s_loop.abs(), atol=1e-5))
+    emit(bench="concept_words", k=k, top_words=t, n_words=V, vectorized_s=t_vec, loop_s=t_loop,
+         ratio=t_loop / t_vec, same_result=same)
+
+    # ---- all layers: components + concept words
+    t_pca = t_words = 0.0
+    for layer in range(n_layers):
+        W = layer_weight(layer, n, d, dev)
+        sec, pc = timed(lambda W=W: pca(W, k))
+        t_pca += sec
+        sec, _ = timed(lambda pc=pc: top_words(pc.components, dirs, t))
+        t_words += sec
+    t_naive_words = 0.0
+    for layer in range(naive_layers):
+        W = layer_weight(layer, n, d, dev)
+        pc = pca(W, k)
+        sec, _ = timed(lambda pc=pc: loop_concept_words(pc.components, dirs, t))
+        t_naive_words += sec
+    naive_words_total = t_naive_words / naive_layers * n_layers
+    total = t_pca + t_words
+    naive_total = t_pca + naive_words_total
+    emit(bench="all_layers", n_layers=n_layers, k=k, components_s=t_pca, concept_words_s=t_words,
+         total_s=total, loop_concept_words_s_est=naive_words_total,
+         loop_measured_layers=naive_layers, naive_total_s_est=naive_total,
+         ratio=naive_total / total, words_ratio=naive_words_total / t_words)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Lens 3, feed-forward concepts: what W_out encodes, and how tuning rotates it.
+
+Notebook-style (``# %%`` cells). Runs offline on the embedded toy pair when it is installed
+(``shiftlens/zoo/pair``), otherwise on a tiny random pair built on the fly::
+
+    python examples/ffn.py [--out out/ffn] [--pair toy|tiny]
+
+Figures and saved results go to ``--out``.
+"""
+
+# %% setup
+from __future__ import annotations
+
+import argparse
+import os
+import warnings
+import zlib
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+warnings.filterwarnings("ignore", category=UserWarning)
+
+import torch  # noqa: E402
+
+from shiftlens import ffn  # noqa: E402
+from shiftlens.vocab import default_vocab  # noqa: E402
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--out", default="out/ffn")
+ap.add_argument("--pair", choices=["auto", "toy", "tiny"], default="auto")
+args, _ = ap.parse_known_args()
+out = Path(args.out)
+out.mkdir(parents=True, exist_ok=True)
+torch.manual_seed(0)
+
+
+def load_pair(kind: str):
+    if kind in ("auto", "toy"):
+        try:
+            from shiftlens.zoo import toy_pair
+
+            return "toy", toy_pair()
+        except Exception as e:  # noqa: BLE001 - the toy pair may not be installed yet
+            if kind == "toy":
+                raise
+            print(f"toy pair unavailable ({type(e).__name__}: {e}); using a tiny random pair")
+    from shiftlens.testing import tiny_pair
+
+    return "tiny", tiny_pair("llama", n_layers=4, scale=0.05)
+
+
+which, pair = load_pair(args.pair)
+print(pair)
+
+# %% vocabulary: frequent English words the tokenizer covers (the toy pair: its grammar's words)
+
+
+def toy_words() -> list[str]:
+    from shiftlens.zoo import grammar
+
+    out: list[str] = []
+
+    def walk(x):
+        if isinstance(x, str):
+            out.extend(x.split())
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                walk(k)
+                walk(v)
+        elif isinstance(x, (tuple, list)):
+            for v in x:
+                walk(v)
+
+    for name in dir(grammar):
+        if name.isupper() and name != "TASKS":
+            walk(getattr(grammar, name))
+    return list(dict.fromkeys(out))
+
+
+vocab = default_vocab(pair.tokenizer, words=toy_words()) if which == "toy" else default_vocab(
+    pair.tokenizer, 5000)
+print(f"{len(vocab)} words ({len(vocab.skipped)} skipped: not encodable in <= 3 tokens)")
+
+# %% one model, one layer: principal components of W_out and their words
+layer = pair.cfg.n_layers - 1
+pc = ffn.principal_components(pair.base, layer, k=8)
+print("explained variance ratio of the top 8 components:",
+      [round(x, 3) for x in pc.explained_variance_ratio.tolist()])
+cw = ffn.concept_words(pair.base, layer, k=5, top_words=10, vocab=vocab)
+for c, (ws, ss) in enumerate(zip(cw.words, cw.scores.tolist())):
+    print(f"base L{layer} PC{c}: " + " ".join(f"{w}({s:+.2f})" for w, s in zip(ws, ss)))
+
+# %% rotation: how far each layer's top-k subspace moved
+rot = ffn.rotation(pair, vocab=vocab, top_words=8, progress=False)
+print(rot.to_frame()[["layer", "overlap", "mean_angle_deg", "var_retained"]].round(3))
+print(rot.summary()["sentence"])
+moved = rot.moved.query("side == 'tuned'").sort_values("inside_other").head(3)
+for _, r in moved.iterrows():
+    print(f"L{r.layer} tuned PC{r.component} (inside base subspace {r.inside_other:.2f}):\n"
+          f"   before: {r.words_before}\n   after:  {r.words_after}")
+rot.save(out / "rotation")
+rot.show().savefig(out / "rotation.png", dpi=120)
+
+# %% concept shift with the offline lexicon annotator
+res = ffn.concept_shift(pair, k=16, top_words=15, vocab=vocab, progress=False)
+print(res.summary()["sentence"])
+st = res.stats()
+print(st[(st.group == "all") & (st.kind != "explainable")][
+    ["kind", "label", "base_mean", "tuned_mean", "diff", "p", "unit"]].round(3).to_string(index=False))
+res.save(out / "concept_shift")
+res.show().savefig(out / "concept_shift.png", dpi=120)
+
+# %% the paper's two-step protocol with any text generator (here: a rule-based stand-in)
+# Replace `toy_llm` by a call into a local chat model, e.g.
+#   lambda prompt, seed: chat(prompt, temperature=1.0, seed=seed)
+
+
+def toy_llm(prompt: str, seed: int = 0) -> str:
+    """Describes with the lexicon annotator, and (like a sampled LLM) gives up now and then."""
+    if prompt.rstrip().endswith("Concept:"):
+        words = prompt.split("\n")[1].split(", ")
+        lex = ffn.LexiconAnnotator().annotate(words)
+        coin = (zlib.crc32(" ".join(words).encode()) + seed) % 4 == 0  # varies with the seed
+        if not lex.explainable or coin:
+            return "cannot tell"
+        return f"{lex.task} words at the {lex.level} level"
+    if prompt.rstrip().endswith("Task:"):
+        return next((t for t in ffn.TASKS if t in prompt.split("\n")[0]), "none")
+    return next((lv for lv in ffn.LEVELS if lv in prompt.split("\n")[0]), "semantics")
+
+
+gen = ffn.GenerativeAnnotator(toy_llm, seeds=(0, 1, 2), name="rule-based stand-in")
+res_gen = ffn.concept_shift(pair, gen, layers=[layer], k=8, top_words=15, vocab=vocab,
+                            progress=False)
+print(res_gen.summary()["sentence"])
+print(f"figures and results in {out}/")

@@ -1,0 +1,553 @@
+"""Lens 3 (feed-forward concepts): PCA of W_out, concept words, annotators, concept shift, rotation.
+
+Truth comes from independent computations (scikit-learn PCA, scipy subspace angles, per-word
+loops over the Hugging Face weights), planted weight edits (a rank-1 term along one word's
+unembedding direction) and identical models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from shiftlens import ModelPair, ShiftlensError, ShiftlensWarning, ffn
+from shiftlens.io import to_jsonable
+from shiftlens.testing import perturbed_copy, tiny_model_dir
+from shiftlens.vocab import default_vocab
+from shiftlens.weights import WordVocab, mlp_out
+
+PLANT_CANDIDATES = ("story", "write", "words", "list", "question", "answer", "summary", "name")
+
+
+# ------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def pair2(tiny_dirs):
+    """A read-only tiny Llama pair (2 layers, d_model 32, d_mlp 64)."""
+    base, tuned = tiny_dirs("llama")
+    return ModelPair.from_pretrained(base, tuned)
+
+
+@pytest.fixture(scope="module")
+def vocab2(pair2):
+    return default_vocab(pair2.tokenizer, 2000)
+
+
+@pytest.fixture(scope="module")
+def pair4(tmp_path_factory):
+    """A 4-layer tiny Llama; tuned = base + 5% noise. Tests that edit it restore the weights."""
+    root = tmp_path_factory.mktemp("ffn4")
+    base = tiny_model_dir("llama", root / "base", seed=3, n_layers=4)
+    tuned = perturbed_copy(base, root / "tuned", scale=0.05, seed=4)
+    return ModelPair.from_pretrained(base, tuned)
+
+
+@pytest.fixture(scope="module")
+def vocab4(pair4):
+    return default_vocab(pair4.tokenizer, 2000)
+
+
+def _down_proj(model, layer):
+    return model.original_model.model.layers[layer].mlp.down_proj.weight  # [d_model, d_mlp]
+
+
+def _folded_word_vector(model, vocab, word):
+    """Independent: gamma_final * lm_head rows, averaged over the word's tokens, unit length."""
+    hf = model.original_model
+    gamma = hf.model.norm.weight.detach().float()
+    rows = hf.lm_head.weight.detach().float()[vocab.token_ids[vocab.words.index(word)]]
+    v = (rows * gamma).mean(0)
+    return v / v.norm()
+
+
+@contextlib.contextmanager
+def planted(model, layer, direction, strength=10.0, seed=0):
+    """Add ``a u^T`` (a: random centred neuron weights) to W_out of ``layer``; restore after."""
+    w = _down_proj(model, layer)
+    saved = w.detach().clone()
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(w.shape[1], generator=g)
+    a = a - a.mean()
+    W = w.detach().T.float()
+    spec = torch.linalg.matrix_norm(W - W.mean(0), ord=2)
+    a = a / a.norm() * strength * spec
+    with torch.no_grad():
+        w.add_(torch.outer(direction.to(w.dtype), a.to(w.dtype)))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            w.copy_(saved)
+
+
+def _pick_word(vocab):
+    for w in PLANT_CANDIDATES:
+        if w in vocab.words:
+            return w
+    return vocab.words[10]
+
+
+# ------------------------------------------------------------------------------ PCA
+
+
+@pytest.mark.parametrize("method", ["gram", "svd"])
+@pytest.mark.parametrize("shape", [(64, 32), (20, 48)])
+def test_pca_equals_sklearn_up_to_sign(method, shape):
+    sk = pytest.importorskip("sklearn.decomposition")
+    g = torch.Generator().manual_seed(1)
+    W = torch.randn(*shape, generator=g) * torch.linspace(2.0, 0.2, shape[1])
+    k = min(shape[0] - 1, shape[1]) - 2
+    pc = ffn.pca(W, k, method=method)
+    ref = sk.PCA(n_components=k, svd_solver="full").fit(W.double().numpy())
+    C = pc.components.double().numpy()
+    R = ref.components_
+    # equal up to the sign of each component
+    signs = np.sign((C * R).sum(1))
+    assert np.all(signs != 0)
+    np.testing.assert_allclose(C * signs[:, None], R, atol=2e-5)
+    np.testing.assert_allclose(pc.explained_variance_ratio.numpy(), ref.explained_variance_ratio_, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(pc.explained_variance.numpy(), ref.explained_variance_, rtol=1e-5)
+    np.testing.assert_allclose(pc.mean.numpy(), ref.mean_, atol=1e-6)
+    # sign convention: the largest-|.| loading of each component is positive
+    big = C[np.arange(k), np.abs(C).argmax(1)]
+    assert np.all(big > 0)
+
+
+def test_pca_lowrank_recovers_top_components_of_a_decaying_spectrum():
+    g = torch.Generator().manual_seed(2)
+    U, _ = torch.linalg.qr(torch.randn(400, 60, generator=g))
+    V, _ = torch.linalg.qr(torch.randn(60, 60, generator=g))
+    s = 10.0 * 0.7 ** torch.arange(60.0)
+    W = (U * s) @ V.T
+    exact = ffn.pca(W, 5, method="svd")
+    fast = ffn.pca(W, 5, method="lowrank", seed=0)
+    cos = (exact.components * fast.components).sum(1).abs()
+    assert torch.all(cos > 1 - 1e-5)
+    torch.testing.assert_close(fast.explained_variance_ratio, exact.explained_variance_ratio, rtol=1e-4, atol=0)
+
+
+def test_principal_components_of_w_out_match_sklearn(pair2):
+    sk = pytest.importorskip("sklearn.decomposition")
+    W = pair2.base.original_model.model.layers[1].mlp.down_proj.weight.detach().T.double().numpy()
+    ref = sk.PCA(n_components=10, svd_solver="full").fit(W)
+    pc = ffn.principal_components(pair2.base, 1, k=10)
+    assert pc.layer == 1 and pc.components.shape == (10, 32) and pc.n_rows == 64
+    C = pc.components.double().numpy()
+    np.testing.assert_allclose(np.abs((C * ref.components_).sum(1)), 1.0, atol=1e-5)
+    np.testing.assert_allclose(pc.explained_variance_ratio.numpy(), ref.explained_variance_ratio_, rtol=1e-5)
+
+
+def test_gemma2_post_feedforward_norm_is_folded(tiny_dirs):
+    base, _ = tiny_dirs("gemma2")
+    from shiftlens.pair import load_bridge
+
+    model = load_bridge(base)
+    hf = model.original_model.model.layers[0]
+    gain = 1.0 + hf.post_feedforward_layernorm.weight.detach().float()  # Gemma's (1 + w)
+    W = hf.mlp.down_proj.weight.detach().T.float() * gain[None, :]
+    expected = ffn.pca(W, 6)
+    got = ffn.principal_components(model, 0, k=6)
+    torch.testing.assert_close(got.components, expected.components, atol=1e-5, rtol=0)
+    raw = ffn.principal_components(model, 0, k=6, fold_post_norm=False)
+    assert not torch.allclose(raw.components, got.components, atol=1e-3)
+
+
+# ------------------------------------------------------------------------------ concept words
+
+
+def test_concept_words_match_per_word_loop(pair2, vocab2):
+    k, t = 5, 12
+    cw = ffn.concept_words(pair2.base, 0, k=k, top_words=t, vocab=vocab2)
+    comps = ffn.principal_components(pair2.base, 0, k=k).components
+    # independent: each word's vector from the HF lm_head and final-norm gain, one at a time
+    vecs = torch.stack([_folded_word_vector(pair2.base, vocab2, w) for w in vocab2.words])
+    for c in range(k):
+        scores = [float(comps[c] @ vecs[i]) for i in range(len(vocab2))]
+        order = sorted(range(len(scores)), key=lambda i: -abs(scores[i]))[:t]
+        assert cw.words[c] == [vocab2.words[i] for i in order]
+        np.testing.assert_allclose(cw.scores[c].numpy(), [scores[i] for i in order], atol=1e-5)
+    df = cw.to_frame()
+    assert len(df) == k and df["words"][0].split("|") == cw.words[0]
+    assert (cw.scores < 0).any() and (cw.scores > 0).any()  # the sign is kept
+
+
+def test_planted_word_tops_first_component_and_layer_is_most_rotated(pair4, vocab4):
+    layer = 2
+    word = _pick_word(vocab4)
+    u = _folded_word_vector(pair4.tuned, vocab4, word)
+    with planted(pair4.tuned, layer, u):
+        cw = ffn.concept_words(pair4.tuned, layer, k=4, top_words=5, vocab=vocab4)
+        rot = ffn.rotation(pair4, k=8, vocab=vocab4, progress=False)
+    assert cw.words[0][0] == word
+    assert abs(float(cw.scores[0, 0])) > 0.98
+    df = rot.to_frame()
+    assert int(df.loc[df["overlap"].idxmin(), "layer"]) == layer
+    assert int(df.loc[df["var_retained"].idxmin(), "layer"]) == layer
+    assert int(df.loc[df["max_angle_deg"].idxmax(), "layer"]) == layer
+    assert rot.summary()["most_rotated_layer"] == layer
+    new = rot.moved.query("layer == @layer and side == 'tuned'").iloc[0]
+    assert new["component"] == 0 and new["words_after"].split("|")[0] == word
+    assert new["inside_other"] < 0.6
+    # without the edit the planted word does not top that component
+    assert ffn.concept_words(pair4.tuned, layer, k=1, top_words=1, vocab=vocab4).words[0][0] != word
+
+
+def test_identical_models_zero_angles_overlap_one(pair2, vocab2):
+    with pytest.warns(ShiftlensWarning):
+        same = ModelPair.from_models(pair2.base, pair2.base)
+    rot = ffn.rotation(same, k=8, vocab=vocab2, progress=False)
+    assert torch.all(rot.angles.abs() < 1e-6)
+    df = rot.to_frame()
+    np.testing.assert_allclose(df["overlap"], 1.0, atol=1e-10)
+    np.testing.assert_allclose(df["var_retained"], 1.0, atol=1e-10)
+    res = ffn.concept_shift(same, k=6, top_words=15, vocab=vocab2, progress=False)
+    st = res.stats()
+    np.testing.assert_allclose(st["diff"].fillna(0.0), 0.0, atol=1e-12)
+
+
+def test_rotation_metrics_match_scipy_and_brute_force(pair2, vocab2):
+    from scipy.linalg import subspace_angles
+
+    k = 6
+    rot = ffn.rotation(pair2, k, vocab=vocab2, n_moved=2, progress=False)
+    for layer in (0, 1):
+        Wb, Wt = mlp_out(pair2.base, layer).double(), mlp_out(pair2.tuned, layer).double()
+        Vb = ffn.pca(Wb, k).components.double()
+        Vt = ffn.pca(Wt, k).components.double()
+        ref = np.sort(subspace_angles(Vb.T.numpy(), Vt.T.numpy()))
+        np.testing.assert_allclose(rot.angles[layer].double().numpy(), ref, atol=1e-6)
+        row = rot.to_frame().iloc[layer]
+        np.testing.assert_allclose(row["overlap"], np.mean(np.cos(ref) ** 2), atol=1e-6)
+        # share of tuned variance in the base subspace: project every centred row
+        X = Wt - Wt.mean(0)
+        inside = sum(float(((Vb @ x) ** 2).sum()) for x in X)
+        np.testing.assert_allclose(row["tuned_var_by_base"], inside / float((X**2).sum()), rtol=1e-6)
+    assert set(rot.moved["side"]) == {"tuned", "base"} and len(rot.moved) == 2 * 2 * 2
+
+
+def test_principal_angles_small_angles_are_accurate():
+    e = torch.eye(4, dtype=torch.float64)
+    eps = 1e-7
+    B = torch.stack([e[0], e[1] * np.cos(eps) + e[2] * np.sin(eps)])
+    ang = ffn.principal_angles(e[:2], B)
+    np.testing.assert_allclose(ang.numpy(), [0.0, eps], atol=1e-12)
+
+
+# ------------------------------------------------------------------------------ annotators
+
+
+@pytest.mark.parametrize(
+    ("words", "task", "level"),
+    [
+        (["python", "code", "function", "variable", "loop", "class", "string"], "coding", "semantics"),
+        (["equation", "sum", "fraction", "seven", "percent", "divide", "angle"], "math", "semantics"),
+        (["story", "poem", "novel", "chapter", "essay", "plot", "narrator"], "writing", "semantics"),
+        (["french", "spanish", "translate", "der", "und", "les", "que"], "translation", "semantics"),
+        (["the", "of", "and", "to", "in", "with", "for", "is"], "none", "syntax"),
+        (["cat", "hat", "bat", "mat", "rat", "sat", "flat"], "none", "phonology"),
+        (["kindness", "darkness", "sadness", "fitness", "goodness", "weakness"], "none", "morphology"),
+        (["zxq", "qwv", "xkcdz", "fjq"], "none", "morphology"),
+    ],
+)
+def test_lexicon_annotator_labels(words, task, level):
+    ann = ffn.LexiconAnnotator().annotate(words)
+    assert (ann.task, ann.level) == (task, level)
+    assert ann.explainable and 0 < ann.level_confidence <= 1 and 0 <= ann.task_confidence <= 1
+
+
+def test_lexicon_annotator_unexplainable_and_protocol():
+    a = ffn.LexiconAnnotator()
+    ann = a.annotate(["table", "purple", "however", "jump", "democracy", "violin", "seventeen"])
+    assert not ann.explainable and ann.level is None and ann.task == "none"
+    assert isinstance(a, ffn.Annotator)
+    assert isinstance(ffn.GenerativeAnnotator(lambda p: "x"), ffn.Annotator)
+    lex = ffn.load_lexicons()
+    assert set(lex.tasks) == set(ffn.USER_TASKS) and all(len(v) > 100 for v in lex.tasks.values())
+    with pytest.raises(ShiftlensError, match="empty word list"):
+        a.annotate([])
+
+
+def test_lexicon_annotator_rarely_labels_random_word_lists():
+    """Null calibration: random frequent words share no concept, so few lists get a label."""
+    from shiftlens.vocab import english_words
+
+    words = english_words(5000)
+    rng = np.random.default_rng(0)
+    a = ffn.LexiconAnnotator()
+    anns = [a.annotate([words[i] for i in rng.choice(len(words), 15, replace=False)])
+            for _ in range(200)]
+    assert np.mean([x.explainable for x in anns]) < 0.15
+    assert np.mean([x.task != "none" for x in anns]) < 0.05
+
+
+def _fake_generator(prompt: str) -> str:
+    """Deterministic: describes by keyword, classifies the description."""
+    if "Concept:" in prompt:
+        if "python" in prompt:
+            return "programming language keywords"
+        if "xyz" in prompt:
+            return "Cannot tell."
+        return "colours and shades"
+    if prompt.rstrip().endswith("Task:"):
+        return "Coding; maybe writing" if "programming" in prompt else "None"
+    return "Semantic" if "programming" in prompt else "Morphology (word forms)"
+
+
+def test_generative_annotator_two_step_protocol():
+    prompts = []
+
+    def gen(p):
+        prompts.append(p)
+        return _fake_generator(p)
+
+    a = ffn.GenerativeAnnotator(gen, seeds=(0,), top_n=3)
+    ann = a.annotate(["python", "def", "class", "hidden-word"])
+    assert (ann.task, ann.level, ann.explainable) == ("coding", "semantics", True)
+    assert ann.task_confidence == pytest.approx(0.5)  # two tasks named: coding first
+    assert ann.description == "programming language keywords"
+    assert len(prompts) == 3 and "hidden-word" not in prompts[0]  # top_n words shown
+    assert "programming language keywords" in prompts[1] and "python" not in prompts[1]
+    assert a.annotate(["red", "blue"]).task == "none"
+    cannot = a.annotate(["xyz"])
+    assert not cannot.explainable and cannot.level is None
+
+
+def test_generative_annotator_unknown_label_is_a_clear_error():
+    a = ffn.GenerativeAnnotator(lambda p: "bananas", seeds=(0,))
+    with pytest.raises(ShiftlensError, match="unknown task label.*bananas"):
+        a.annotate(["a", "b"])
+    b = ffn.GenerativeAnnotator(lambda p: 42, seeds=(0,))
+    with pytest.raises(ShiftlensError, match="not a string"):
+        b.annotate(["a"])
+
+
+def test_generative_annotator_seeds_without_seed_keyword_are_reproducible():
+    choices = ["programming terms", "poetry words", "cannot tell"]
+
+    def gen(p):  # samples with torch's global RNG, as a local model would
+        if "Concept:" in p:
+            return choices[int(torch.randint(0, 3, ()))]
+        if p.rstrip().endswith("Task:"):
+            return "coding" if "programming" in p else "writing"
+        return "semantics"
+
+    a = ffn.GenerativeAnnotator(gen, seeds=range(6))
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    runs = [[a.annotate(["w"], seed=s) for s in a.seeds] for _ in range(2)]
+    assert runs[0] == runs[1]  # same seed -> same answer
+    assert len({r.description for r in runs[0]}) > 1  # seeds differ
+    assert torch.equal(torch.rand(3), before)  # the caller's RNG state is restored
+
+
+def test_generative_annotator_passes_seed_keyword():
+    seen = []
+
+    def gen(p, seed=None):
+        seen.append(seed)
+        return "cannot tell"
+
+    ffn.GenerativeAnnotator(gen, seeds=(7,)).annotate(["w"], seed=7)
+    assert seen == [7]
+
+
+# ------------------------------------------------------------------------------ concept shift
+
+
+class _SeededFake:
+    """A stochastic annotator: the seed decides (deterministically) a share of 'coding'."""
+
+    name = "seeded-fake"
+
+    def __init__(self, seeds=(0, 1, 2, 3)):
+        self.seeds = tuple(seeds)
+
+    def annotate(self, words, *, seed=0):
+        h = (sum(map(ord, "".join(words))) + 7 * seed) % 5
+        task = ("coding", "none", "writing", "none", "math")[h]
+        level = ffn.LEVELS[h % 4]
+        return ffn.Annotation(task, level, 0.9, 0.8, h != 3, "fake")
+
+
+def test_concept_shift_seeds_statistics_match_independent_computation(pair2, vocab2):
+    from scipy import stats
+
+    ann = _SeededFake()
+    res = ffn.concept_shift(pair2, ann, k=8, top_words=10, vocab=vocab2, progress=False)
+    df = res.to_frame()
+    assert len(df) == 2 * 2 * 8 * 4  # models x layers x components x seeds
+    assert set(df["group"]) == {"lower", "middle"}
+    # independent: per-seed share of 'coding' among explainable concepts, all layers
+    per = {}
+    for role in ("base", "tuned"):
+        per[role] = []
+        lists = [w for layer in (0, 1) for w in
+                 ffn.concept_words(pair2.models[role], layer, k=8, top_words=10, vocab=vocab2).words]
+        for s in ann.seeds:
+            ex = [a for a in (ann.annotate(w, seed=s) for w in lists) if a.explainable]
+            per[role].append(sum(a.task == "coding" for a in ex) / len(ex))
+    st = res.stats().set_index(["group", "kind", "label"]).loc[("all", "task", "coding")]
+    np.testing.assert_allclose(st["base_mean"], np.mean(per["base"]))
+    np.testing.assert_allclose(st["tuned_std"], np.std(per["tuned"], ddof=1))
+    ref = stats.ttest_ind(per["tuned"], per["base"], equal_var=False)
+    np.testing.assert_allclose(st["p"], ref.pvalue, rtol=1e-9)
+    assert st["unit"] == "seeds"
+    summ = res.summary()
+    assert summ["task"]["coding"]["diff"] == pytest.approx(np.mean(per["tuned"]) - np.mean(per["base"]))
+    assert "User-oriented concepts" in summ["sentence"]
+
+
+def test_concept_shift_planted_concept_raises_the_tuned_share(pair4, vocab4):
+    word = _pick_word(vocab4)
+
+    class PlantSpotter:
+        seeds = (0,)
+
+        def annotate(self, words, *, seed=0):
+            hit = word in words[:3]
+            return ffn.Annotation("coding" if hit else "none", "semantics")
+
+    u = _folded_word_vector(pair4.tuned, vocab4, word)
+    with planted(pair4.tuned, 1, u):
+        res = ffn.concept_shift(pair4, PlantSpotter(), k=8, top_words=10, vocab=vocab4,
+                                progress=False)
+    df = res.to_frame()
+    hits = df[df["task"] == "coding"]
+    assert ((hits["model"] == "tuned") & (hits["layer"] == 1) & (hits["component"] == 0)).any()
+    s = res.summary()
+    assert s["task"]["coding"]["tuned_mean"] > s["task"]["coding"]["base_mean"]
+    assert s["task"]["coding"]["unit"] == "components"
+    assert s["by_group"]["lower"]["coding"]["diff"] > 0  # layer 1 of 4 is in the lower group
+
+
+def test_concept_shift_default_lexicon_and_round_trip(pair2, vocab2, tmp_path):
+    res = ffn.concept_shift(pair2, layers=[1], k=6, top_words=15, vocab=vocab2, progress=False)
+    assert res.meta["annotator"] == "lexicon" and res.meta["seeds"] == [0]
+    assert set(res.to_frame()["task"]) <= set(ffn.TASKS)
+    res.save(tmp_path / "cs")
+    back = ffn.ConceptShift.load(tmp_path / "cs")
+    assert back.meta == res.meta
+    assert back.to_frame().equals(res.to_frame())
+    fig = back.show()
+    assert len(fig.axes) == 3
+    rot = ffn.rotation(pair2, 4, vocab=vocab2, progress=False)
+    rot.save(tmp_path / "rot")
+    rb = ffn.Rotation.load(tmp_path / "rot")
+    assert rb.to_frame().equals(rot.to_frame()) and rb.moved.equals(rot.moved)
+    torch.testing.assert_close(rb.angles, rot.angles)
+    assert to_jsonable(rb.summary()) == to_jsonable(rot.summary())
+    assert len(rb.show().axes) >= 2
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def test_k_larger_than_rank(pair2, vocab2):
+    with pytest.raises(ShiftlensError, match="k=33 is larger than the rank"):
+        ffn.principal_components(pair2.base, 0, k=33)  # d_model 32
+    with pytest.raises(ShiftlensError, match="larger than the rank"):
+        ffn.pca(torch.randn(5, 10), 5)  # 5 centred rows have rank <= 4
+    low = torch.randn(40, 3) @ torch.randn(3, 16)
+    with pytest.raises(ShiftlensError, match="numerical rank 3"):
+        ffn.pca(low, 5)
+    with pytest.raises(ShiftlensError, match="larger than the rank"):
+        ffn.rotation(pair2, 40, vocab=vocab2, progress=False)
+    with pytest.raises(ShiftlensError, match="larger than the rank"):
+        ffn.concept_shift(pair2, k=100, vocab=vocab2, progress=False)
+    with pytest.raises(ShiftlensError, match="layer 7 out of range"):
+        ffn.rotation(pair2, 4, layers=[7], vocab=vocab2, progress=False)
+
+
+def test_model_without_dense_mlp_names_the_architecture(pair2, monkeypatch):
+    def no_w_out(self):
+        raise AttributeError("this block has experts, not a dense W_out")
+
+    monkeypatch.setattr(type(pair2.base), "W_out", property(no_w_out))
+    with pytest.raises(ShiftlensError, match=r"LlamaForCausalLM.*dense") as e:
+        ffn.principal_components(pair2.base, 0)
+    assert "W_out" in str(e.value)
+
+
+def test_annotator_returning_unknown_label_is_a_clear_error(pair2, vocab2):
+    class Poet:
+        seeds = (0,)
+
+        def annotate(self, words, *, seed=0):
+            return {"task": "poetry", "level": "semantics"}
+
+    with pytest.raises(ShiftlensError, match=r"layer 0 component 0 seed 0.*poetry"):
+        ffn.concept_shift(pair2, Poet(), k=4, vocab=vocab2, progress=False)
+
+    class BadLevel:
+        seeds = (0,)
+
+        def annotate(self, words, *, seed=0):
+            return ffn.Annotation("coding", "pragmatics")
+
+    with pytest.raises(ShiftlensError, match="unknown linguistic level 'pragmatics'"):
+        ffn.concept_shift(pair2, BadLevel(), k=4, vocab=vocab2, progress=False)
+
+    class NotAnAnnotation:
+        seeds = (0,)
+
+        def annotate(self, words, *, seed=0):
+            return "coding"
+
+    with pytest.raises(ShiftlensError, match="not an Annotation"):
+        ffn.concept_shift(pair2, NotAnAnnotation(), k=4, vocab=vocab2, progress=False)
+    with pytest.raises(ShiftlensError, match="no annotate"):
+        ffn.concept_shift(pair2, object(), k=4, vocab=vocab2, progress=False)
+
+
+def test_empty_vocabulary(pair2):
+    empty = WordVocab([], [], [])
+    with pytest.raises(ShiftlensError, match="empty vocabulary"):
+        ffn.concept_words(pair2.base, 0, k=2, vocab=empty)
+    with pytest.raises(ShiftlensError, match="empty vocabulary"):
+        ffn.concept_shift(pair2, k=2, vocab=empty, progress=False)
+    with pytest.raises(ShiftlensError, match="empty vocabulary"):
+        ffn.rotation(pair2, 2, vocab=empty, progress=False)
+    with pytest.raises(ShiftlensError, match="empty vocabulary"):
+        default_vocab(pair2.tokenizer, words=["\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9"], max_tokens=1)
+    with pytest.raises(ShiftlensError, match="empty vocabulary"):
+        ffn.top_words(torch.eye(2), torch.zeros(0, 2))
+
+
+def test_rotation_with_full_rank_k_warns(pair2, vocab2):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ShiftlensWarning)
+        ffn.rotation(pair2, 4, layers=[0], vocab=vocab2, progress=False)
+    with pytest.warns(ShiftlensWarning, match="whole"):
+        rot = ffn.rotation(pair2, 32, layers=[0], vocab=vocab2, progress=False)
+    assert torch.all(rot.angles.abs() < 1e-6)
+
+
+# ------------------------------------------------------------------------------ toy pair
+
+
+def test_toy_pair_rotation_and_concept_words():
+    zoo = pytest.importorskip("shiftlens.zoo")
+    try:
+        zoo.pair_dirs()
+    except ShiftlensError:
+        pytest.skip("the embedded toy pair is not built yet (shiftlens/zoo/pair)")
+    pair = zoo.toy_pair()
+    from shiftlens.zoo import grammar
+
+    words = [w for ws in (grammar.ADJECTIVES, grammar.INPUT_WORDS, grammar.NUMBER_WORDS,
+                          tuple(grammar.TRANSLATION.values())) for w in ws]
+    vocab = default_vocab(pair.tokenizer, words=words)
+    rot = ffn.rotation(pair, vocab=vocab, progress=False)
+    df = rot.to_frame()
+    assert len(df) == pair.cfg.n_layers
+    assert (df["overlap"] < 1 - 1e-6).any()  # tuning changed W_out
+    # the tuned top-k subspace captures the most tuned variance of any k-dim subspace (Ky Fan)
+    assert (df["tuned_var_by_base"] <= df["tuned_var_by_tuned"] + 1e-9).all()
+    cw = ffn.concept_words(pair.tuned, pair.cfg.n_layers - 1, k=4, top_words=8, vocab=vocab)
+    assert all(len(ws) == 8 and set(ws) <= set(vocab.words) for ws in cw.words)
