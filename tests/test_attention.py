@@ -325,7 +325,8 @@ def planted(tiny_dirs, lpair, vocab, tmp_path_factory):
     assert choice is not None
     a, b, ua, ub = choice
     att = hf.model.layers[EDIT_LAYER].self_attn
-    alpha = 50 * dh * float(torch.cat([att.q_proj.weight, att.k_proj.weight]).detach().abs().max())
+    # a moderate edit: 1.5x the largest row norm of the layer's q_proj / k_proj
+    alpha = 1.5 * float(torch.cat([att.q_proj.weight, att.k_proj.weight]).detach().norm(dim=1).max())
     with torch.no_grad():
         att.q_proj.weight[EDIT_HEAD * dh + EDIT_DIM] += alpha * ua
         att.k_proj.weight[kv * dh + EDIT_DIM] += alpha * ub
