@@ -44,6 +44,7 @@ __all__ = [
     "evaluate_dirs",
     "evaluate_pair",
     "format_table",
+    "format_markdown",
     "update_manifest",
     "main",
 ]
@@ -290,6 +291,22 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(result: dict[str, Any]) -> str:
+    """The evaluation as a Markdown table (used for ``docs/zoo.md``).
+
+    Example:
+        >>> from shiftlens.zoo import manifest
+        >>> print(format_markdown(manifest()["evaluation"]))  # doctest: +SKIP
+    """
+    tasks = [t for t in result["tuned"]["exact"] if t != "overall"] + ["overall"]
+    lines = ["| task | n | base exact | base prefix | tuned exact | tuned prefix |", "|---|---|---|---|---|---|"]
+    for t in tasks:
+        n = result["tuned"]["n"].get(t, result["prompts"])
+        b, u = result["base"], result["tuned"]
+        lines.append(f"| {t} | {n} | {b['exact'][t]:.3f} | {b['prefix'][t]:.3f} | {u['exact'][t]:.3f} | {u['prefix'][t]:.3f} |")
+    return "\n".join(lines)
+
+
 def update_manifest(path: str | Path, result: dict[str, Any]) -> None:
     """Store ``result`` (without the decoded outputs) as ``"evaluation"`` in a manifest file.
 
@@ -313,9 +330,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", default=str(Path(__file__).parent / "pair"), help="pair directory")
     ap.add_argument("--write", action="store_true", help="write the numbers into manifest.json")
+    ap.add_argument("--markdown", action="store_true", help="print the manifest's numbers as Markdown and exit")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     d = Path(args.dir)
+    if args.markdown:
+        print(format_markdown(json.loads((d / "manifest.json").read_text())["evaluation"]))
+        return
     result = evaluate_dirs(d / "base", d / "tuned")
     print(format_table(result))
     if args.write:
