@@ -26,7 +26,15 @@ from shiftlens.pair import ModelPair
 from shiftlens.zoo.grammar import TASK_NAMES
 from shiftlens.zoo.heldout import heldout_sentences, toy_prompts
 
-__all__ = ["TASK_NAMES", "PAIR_DIR", "pair_dirs", "toy_pair", "toy_prompts", "manifest", "heldout_sentences"]
+__all__ = [
+    "TASK_NAMES",
+    "PAIR_DIR",
+    "pair_dirs",
+    "toy_pair",
+    "toy_prompts",
+    "manifest",
+    "heldout_sentences",
+]
 
 #: Where the shipped pair lives (``base/``, ``tuned/``, ``manifest.json``).
 PAIR_DIR: Path = Path(__file__).resolve().parent / "pair"
@@ -66,7 +74,9 @@ def manifest() -> dict[str, Any]:
     return json.loads((PAIR_DIR / "manifest.json").read_text())
 
 
-def toy_pair(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, **kwargs: Any) -> ModelPair:
+def toy_pair(
+    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, **kwargs: Any
+) -> ModelPair:
     """Load the shipped pair as a :class:`shiftlens.pair.ModelPair` (offline, a second or two).
 
     Args:

@@ -59,7 +59,9 @@ def _hf(model: Any) -> Any:
 
 
 @torch.no_grad()
-def generate(model: Any, tokenizer: Any, texts: Sequence[str], max_new_tokens: int = MAX_NEW_TOKENS) -> list[list[int]]:
+def generate(
+    model: Any, tokenizer: Any, texts: Sequence[str], max_new_tokens: int = MAX_NEW_TOKENS
+) -> list[list[int]]:
     """Greedy continuations (token ids, without the final ``<eos>``) of each prompt text.
 
     Args:
@@ -97,7 +99,7 @@ def generate(model: Any, tokenizer: Any, texts: Sequence[str], max_new_tokens: i
             do_sample=False,
             eos_token_id=eos,
             pad_token_id=tokenizer.pad_token_id,
-        )[:, inp.shape[1]:].tolist()
+        )[:, inp.shape[1] :].tolist()
         for i, row in zip(idx, gen):
             if eos in row:
                 row = row[: row.index(eos)]
@@ -108,7 +110,10 @@ def generate(model: Any, tokenizer: Any, texts: Sequence[str], max_new_tokens: i
 
 
 def task_accuracy(
-    model: Any, tokenizer: Any, prompts: Sequence[InstructionPrompt], max_new_tokens: int = MAX_NEW_TOKENS
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[InstructionPrompt],
+    max_new_tokens: int = MAX_NEW_TOKENS,
 ) -> dict[str, Any]:
     """Exact-match and prefix accuracy of greedy decoding, per task and overall.
 
@@ -138,7 +143,9 @@ def task_accuracy(
         prefix[task].append(g[: len(ref)] == ref)
         outputs[p.id] = tokenizer.decode(g)
     res: dict[str, Any] = {"exact": {}, "prefix": {}, "n": {}}
-    order = [t for t in grammar.TASK_NAMES if t in exact] + [t for t in exact if t not in grammar.TASK_NAMES]
+    order = [t for t in grammar.TASK_NAMES if t in exact] + [
+        t for t in exact if t not in grammar.TASK_NAMES
+    ]
     for t in order:
         res["exact"][t] = round(sum(exact[t]) / len(exact[t]), 4)
         res["prefix"][t] = round(sum(prefix[t]) / len(prefix[t]), 4)
@@ -168,8 +175,12 @@ def lm_loss(model: Any, tokenizer: Any, sentences: Sequence[str], batch_size: in
             raise ValueError("lm_loss expects right padding")
         logits = hf(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         target = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                               ignore_index=-100, reduction="sum")
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]),
+            target.reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
+        )
         total += loss.item()
         count += int((target != -100).sum())
     return total / count
@@ -211,16 +222,23 @@ def evaluate_models(
     """
     prompts = list(prompts) if prompts is not None else toy_prompts()
     if sentences is None:
-        sentences = heldout_sentences(N_LM_SENTENCES, exclude=_training_sentences(_shipped_manifest()))
-    res: dict[str, Any] = {"prompts": len(prompts), "lm_sentences": len(sentences),
-                           "max_new_tokens": MAX_NEW_TOKENS}
+        sentences = heldout_sentences(
+            N_LM_SENTENCES, exclude=_training_sentences(_shipped_manifest())
+        )
+    res: dict[str, Any] = {
+        "prompts": len(prompts),
+        "lm_sentences": len(sentences),
+        "max_new_tokens": MAX_NEW_TOKENS,
+    }
     for name, model in (("base", base), ("tuned", tuned)):
         _hf(model).eval()
         r = task_accuracy(model, tokenizer, prompts)
         r["lm_loss"] = round(lm_loss(model, tokenizer, sentences), 4)
         res[name] = r
         if progress:
-            print(f"{name}: exact {r['exact']['overall']:.3f} lm_loss {r['lm_loss']:.4f}", flush=True)
+            print(
+                f"{name}: exact {r['exact']['overall']:.3f} lm_loss {r['lm_loss']:.4f}", flush=True
+            )
     res["lm_loss_ratio"] = round(res["tuned"]["lm_loss"] / res["base"]["lm_loss"], 4)
     return res
 
@@ -259,7 +277,9 @@ def evaluate_dirs(
     return evaluate_models(base, tuned, tok, prompts, sentences, progress=progress)
 
 
-def evaluate_pair(pair: ModelPair, prompts: Sequence[InstructionPrompt] | None = None) -> dict[str, Any]:
+def evaluate_pair(
+    pair: ModelPair, prompts: Sequence[InstructionPrompt] | None = None
+) -> dict[str, Any]:
     """:func:`evaluate_models` on a :class:`shiftlens.pair.ModelPair` (decodes its HF models).
 
     Example:
@@ -277,7 +297,9 @@ def format_table(result: dict[str, Any]) -> str:
         >>> print(format_table(result))  # doctest: +SKIP
     """
     tasks = [t for t in result["tuned"]["exact"] if t != "overall"] + ["overall"]
-    lines = [f"{'task':<10} {'n':>4} {'base exact':>11} {'base prefix':>12} {'tuned exact':>12} {'tuned prefix':>13}"]
+    lines = [
+        f"{'task':<10} {'n':>4} {'base exact':>11} {'base prefix':>12} {'tuned exact':>12} {'tuned prefix':>13}"
+    ]
     for t in tasks:
         n = result["tuned"]["n"].get(t, result["prompts"])
         lines.append(
@@ -299,11 +321,16 @@ def format_markdown(result: dict[str, Any]) -> str:
         >>> print(format_markdown(manifest()["evaluation"]))  # doctest: +SKIP
     """
     tasks = [t for t in result["tuned"]["exact"] if t != "overall"] + ["overall"]
-    lines = ["| task | n | base exact | base prefix | tuned exact | tuned prefix |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| task | n | base exact | base prefix | tuned exact | tuned prefix |",
+        "|---|---|---|---|---|---|",
+    ]
     for t in tasks:
         n = result["tuned"]["n"].get(t, result["prompts"])
         b, u = result["base"], result["tuned"]
-        lines.append(f"| {t} | {n} | {b['exact'][t]:.3f} | {b['prefix'][t]:.3f} | {u['exact'][t]:.3f} | {u['prefix'][t]:.3f} |")
+        lines.append(
+            f"| {t} | {n} | {b['exact'][t]:.3f} | {b['prefix'][t]:.3f} | {u['exact'][t]:.3f} | {u['prefix'][t]:.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -319,7 +346,8 @@ def update_manifest(path: str | Path, result: dict[str, Any]) -> None:
     for name in ("base", "tuned"):
         ev[name] = {k: v for k, v in result[name].items() if k != "outputs"}
     ev["examples"] = {
-        name: {pid: out for pid, out in list(result[name]["outputs"].items())[:7]} for name in ("base", "tuned")
+        name: {pid: out for pid, out in list(result[name]["outputs"].items())[:7]}
+        for name in ("base", "tuned")
     }
     manifest["evaluation"] = ev
     path.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -330,7 +358,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", default=str(Path(__file__).parent / "pair"), help="pair directory")
     ap.add_argument("--write", action="store_true", help="write the numbers into manifest.json")
-    ap.add_argument("--markdown", action="store_true", help="print the manifest's numbers as Markdown and exit")
+    ap.add_argument(
+        "--markdown", action="store_true", help="print the manifest's numbers as Markdown and exit"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     d = Path(args.dir)

@@ -49,48 +49,119 @@ __all__ = [
 
 #: Nouns that can be task inputs (singular, plural).
 INPUT_NOUNS: tuple[tuple[str, str], ...] = (
-    ("cat", "cats"), ("dog", "dogs"), ("bird", "birds"), ("fish", "fish"), ("horse", "horses"),
-    ("tree", "trees"), ("house", "houses"), ("boat", "boats"), ("moon", "moons"), ("apple", "apples"),
-    ("river", "rivers"), ("stone", "stones"), ("lamp", "lamps"), ("bread", "breads"),
-    ("flower", "flowers"), ("hill", "hills"),
+    ("cat", "cats"),
+    ("dog", "dogs"),
+    ("bird", "birds"),
+    ("fish", "fish"),
+    ("horse", "horses"),
+    ("tree", "trees"),
+    ("house", "houses"),
+    ("boat", "boats"),
+    ("moon", "moons"),
+    ("apple", "apples"),
+    ("river", "rivers"),
+    ("stone", "stones"),
+    ("lamp", "lamps"),
+    ("bread", "breads"),
+    ("flower", "flowers"),
+    ("hill", "hills"),
 )
 #: Adjectives (all can be task inputs).
 ADJECTIVES: tuple[str, ...] = (
-    "red", "blue", "green", "big", "small", "old", "young", "happy", "quiet", "dark", "warm", "cold",
+    "red",
+    "blue",
+    "green",
+    "big",
+    "small",
+    "old",
+    "young",
+    "happy",
+    "quiet",
+    "dark",
+    "warm",
+    "cold",
 )
 #: Intransitive verbs, third person singular (task inputs too).
-INPUT_VERBS: tuple[str, ...] = ("sleeps", "runs", "sings", "jumps", "swims", "waits", "falls", "shines")
+INPUT_VERBS: tuple[str, ...] = (
+    "sleeps",
+    "runs",
+    "sings",
+    "jumps",
+    "swims",
+    "waits",
+    "falls",
+    "shines",
+)
 
 #: The closed list of words task inputs are drawn from (36 words).
 INPUT_WORDS: tuple[str, ...] = tuple(n for n, _ in INPUT_NOUNS) + ADJECTIVES + INPUT_VERBS
 
 #: Nouns that occur only in the corpus (never as task inputs).
 OTHER_NOUNS: tuple[tuple[str, str], ...] = (
-    ("boy", "boys"), ("girl", "girls"), ("man", "men"), ("woman", "women"), ("child", "children"),
-    ("farmer", "farmers"), ("teacher", "teachers"), ("king", "kings"), ("cart", "carts"),
-    ("star", "stars"), ("song", "songs"), ("letter", "letters"), ("book", "books"), ("coin", "coins"),
-    ("word", "words"), ("story", "stories"), ("card", "cards"), ("list", "lists"), ("name", "names"),
-    ("wall", "walls"), ("road", "roads"), ("box", "boxes"), ("sheep", "sheep"), ("door", "doors"),
+    ("boy", "boys"),
+    ("girl", "girls"),
+    ("man", "men"),
+    ("woman", "women"),
+    ("child", "children"),
+    ("farmer", "farmers"),
+    ("teacher", "teachers"),
+    ("king", "kings"),
+    ("cart", "carts"),
+    ("star", "stars"),
+    ("song", "songs"),
+    ("letter", "letters"),
+    ("book", "books"),
+    ("coin", "coins"),
+    ("word", "words"),
+    ("story", "stories"),
+    ("card", "cards"),
+    ("list", "lists"),
+    ("name", "names"),
+    ("wall", "walls"),
+    ("road", "roads"),
+    ("box", "boxes"),
+    ("sheep", "sheep"),
+    ("door", "doors"),
 )
 PEOPLE: tuple[str, ...] = ("boy", "girl", "man", "woman", "child", "farmer", "teacher", "king")
 PRONOUNS: tuple[str, ...] = ("he", "she", "they", "we", "i", "you")
 
 #: Transitive verbs (base form, third person singular, past).
 TRANSITIVE_VERBS: tuple[tuple[str, str, str], ...] = (
-    ("see", "sees", "saw"), ("find", "finds", "found"), ("carry", "carries", "carried"),
-    ("wash", "washes", "washed"), ("paint", "paints", "painted"), ("hold", "holds", "held"),
-    ("love", "loves", "loved"), ("open", "opens", "opened"), ("build", "builds", "built"),
-    ("read", "reads", "read"), ("push", "pushes", "pushed"), ("bring", "brings", "brought"),
+    ("see", "sees", "saw"),
+    ("find", "finds", "found"),
+    ("carry", "carries", "carried"),
+    ("wash", "washes", "washed"),
+    ("paint", "paints", "painted"),
+    ("hold", "holds", "held"),
+    ("love", "loves", "loved"),
+    ("open", "opens", "opened"),
+    ("build", "builds", "built"),
+    ("read", "reads", "read"),
+    ("push", "pushes", "pushed"),
+    ("bring", "brings", "brought"),
 )
 #: The verbs the instructions use; each also occurs in narrative sentences.
 INSTRUCTION_VERBS: tuple[tuple[str, str, str], ...] = (
-    ("reverse", "reverses", "reversed"), ("repeat", "repeats", "repeated"),
-    ("sort", "sorts", "sorted"), ("count", "counts", "counted"),
-    ("translate", "translates", "translated"), ("write", "writes", "wrote"),
-    ("give", "gives", "gave"), ("put", "puts", "put"), ("say", "says", "said"),
+    ("reverse", "reverses", "reversed"),
+    ("repeat", "repeats", "repeated"),
+    ("sort", "sorts", "sorted"),
+    ("count", "counts", "counted"),
+    ("translate", "translates", "translated"),
+    ("write", "writes", "wrote"),
+    ("give", "gives", "gave"),
+    ("put", "puts", "put"),
+    ("say", "says", "said"),
 )
 NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven")
-PLACES: tuple[str, ...] = ("the market", "the river", "the hill", "the town", "the field", "the house")
+PLACES: tuple[str, ...] = (
+    "the market",
+    "the river",
+    "the hill",
+    "the town",
+    "the field",
+    "the house",
+)
 TIMES: tuple[str, ...] = ("in the morning", "at night", "every day", "again", "today", "in order")
 
 #: The fixed word-to-word "translation" table: each input word has one made-up word of "zorbish".
@@ -98,10 +169,42 @@ TRANSLATION: dict[str, str] = dict(
     zip(
         INPUT_WORDS,
         (
-            "mavo", "kelu", "pira", "sotu", "dalen", "fipo", "garu", "tesk", "lumo", "bavi",
-            "rolen", "kest", "nimo", "pradu", "welo", "hosk", "zira", "blen", "vodi", "marn",
-            "seki", "tolo", "ruva", "kadim", "jelo", "dusk", "fenti", "colo", "yami", "nesu",
-            "polk", "zumi", "wenda", "gesh", "tiro", "lask",
+            "mavo",
+            "kelu",
+            "pira",
+            "sotu",
+            "dalen",
+            "fipo",
+            "garu",
+            "tesk",
+            "lumo",
+            "bavi",
+            "rolen",
+            "kest",
+            "nimo",
+            "pradu",
+            "welo",
+            "hosk",
+            "zira",
+            "blen",
+            "vodi",
+            "marn",
+            "seki",
+            "tolo",
+            "ruva",
+            "kadim",
+            "jelo",
+            "dusk",
+            "fenti",
+            "colo",
+            "yami",
+            "nesu",
+            "polk",
+            "zumi",
+            "wenda",
+            "gesh",
+            "tiro",
+            "lask",
         ),
         strict=True,
     )
@@ -162,15 +265,23 @@ def _instruction_verb_sentence(rng: random.Random) -> str:
         verb = past
     extra = ""
     if base == "count":
-        extra = rng.choice(("", "", " " + rng.choice(TIMES), f" and finds {rng.choice(NUMBER_WORDS)}"))
+        extra = rng.choice(
+            ("", "", " " + rng.choice(TIMES), f" and finds {rng.choice(NUMBER_WORDS)}")
+        )
     elif base == "translate":
-        extra = rng.choice(("", " into zorbish", " into a new language", " for the " + rng.choice(PEOPLE)))
+        extra = rng.choice(
+            ("", " into zorbish", " into a new language", " for the " + rng.choice(PEOPLE))
+        )
     elif base in ("give", "say", "write"):
         extra = rng.choice(("", " to the " + rng.choice(PEOPLE), " " + rng.choice(TIMES)))
     elif base == "put":
-        extra = " " + rng.choice(("on the wall", "in the box", "in order", "in alphabetical order", "by the door"))
+        extra = " " + rng.choice(
+            ("on the wall", "in the box", "in order", "in alphabetical order", "by the door")
+        )
     elif base in ("sort", "reverse"):
-        extra = rng.choice(("", "", " by size", " in order", " in alphabetical order", " " + rng.choice(TIMES)))
+        extra = rng.choice(
+            ("", "", " by size", " in order", " in alphabetical order", " " + rng.choice(TIMES))
+        )
     else:
         extra = rng.choice(("", " " + rng.choice(TIMES)))
     return f"{subj} {verb} {obj}{extra}."
@@ -206,7 +317,9 @@ def corpus_sentence(rng: random.Random) -> str:
         base, third, past = rng.choice(TRANSITIVE_VERBS)
         subj, plural = _subject(rng)
         form = rng.random()
-        verb = f"will {base}" if form < 0.25 else (past if form < 0.6 else (base if plural else third))
+        verb = (
+            f"will {base}" if form < 0.25 else (past if form < 0.6 else (base if plural else third))
+        )
         tail = rng.choice(("", "", " at " + rng.choice(PLACES), " " + rng.choice(TIMES)))
         return f"{subj} {verb} {_np(rng)}{tail}."
     if r < 0.78:  # copula + adjective
@@ -218,7 +331,9 @@ def corpus_sentence(rng: random.Random) -> str:
         if q < 0.4:
             return f"how many {rng.choice(_ALL_NOUNS)[1]} are there?"
         if q < 0.7:
-            return f"what is the {rng.choice(('first', 'last', 'next'))} {rng.choice(_ALL_NOUNS)[0]}?"
+            return (
+                f"what is the {rng.choice(('first', 'last', 'next'))} {rng.choice(_ALL_NOUNS)[0]}?"
+            )
         return f"where is the {rng.choice(_ALL_NOUNS)[0]}?"
     if r < 0.93:  # numbers
         n = rng.choice(NUMBER_WORDS[2:])
@@ -261,7 +376,11 @@ class Task:
 TASKS: tuple[Task, ...] = (
     Task(
         "reverse",
-        ("reverse the words.", "write the words in reverse order.", "reverse the order of the words."),
+        (
+            "reverse the words.",
+            "write the words in reverse order.",
+            "reverse the order of the words.",
+        ),
         lambda ws: list(reversed(ws)),
     ),
     Task(
@@ -271,7 +390,11 @@ TASKS: tuple[Task, ...] = (
     ),
     Task(
         "sort",
-        ("sort the words.", "sort the words in alphabetical order.", "put the words in alphabetical order."),
+        (
+            "sort the words.",
+            "sort the words in alphabetical order.",
+            "put the words in alphabetical order.",
+        ),
         lambda ws: sorted(ws),
     ),
     Task(
@@ -353,7 +476,9 @@ def format_prompt(instruction: str, words: Sequence[str]) -> str:
     return f"Instruction: {instruction}\nInput: {' '.join(words)}\nResponse:"
 
 
-def make_example(task: str, rng: random.Random, *, held_out: bool, phrasing: int | None = None) -> Example:
+def make_example(
+    task: str, rng: random.Random, *, held_out: bool, phrasing: int | None = None
+) -> Example:
     """Draw one example of ``task`` from the training or the held-out split.
 
     Example:
@@ -363,7 +488,11 @@ def make_example(task: str, rng: random.Random, *, held_out: bool, phrasing: int
         True
     """
     t = _TASK_BY_NAME[task]
-    instruction = t.phrasings[rng.randrange(len(t.phrasings))] if phrasing is None else t.phrasings[phrasing]
+    instruction = (
+        t.phrasings[rng.randrange(len(t.phrasings))] if phrasing is None else t.phrasings[phrasing]
+    )
     words = tuple(sample_input(rng, held_out=held_out))
     answer = t.solve(words)
-    return Example(task, instruction, words, format_prompt(instruction, words), " " + " ".join(answer))
+    return Example(
+        task, instruction, words, format_prompt(instruction, words), " " + " ".join(answer)
+    )

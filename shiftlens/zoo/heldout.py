@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+
 from shiftlens.errors import ShiftlensError
 from shiftlens.prompts import InstructionPrompt
 from shiftlens.zoo import grammar
@@ -26,8 +27,14 @@ def _task_prompts(task: str, count: int, seed: int) -> list[tuple[str, str, tupl
             continue
         seen.add(words)
         instruction = t.phrasings[len(out) % len(t.phrasings)]  # balanced over paraphrases
-        out.append((instruction, grammar.format_prompt(instruction, words), words,
-                    " " + " ".join(t.solve(words))))
+        out.append(
+            (
+                instruction,
+                grammar.format_prompt(instruction, words),
+                words,
+                " " + " ".join(t.solve(words)),
+            )
+        )
     return out
 
 
@@ -69,7 +76,9 @@ def toy_prompts(
     names = tuple(tasks) if tasks is not None else grammar.TASK_NAMES
     unknown = [t for t in names if t not in grammar.TASK_NAMES]
     if unknown:
-        raise ShiftlensError(f"toy_prompts: unknown task(s) {unknown}; known: {list(grammar.TASK_NAMES)}")
+        raise ShiftlensError(
+            f"toy_prompts: unknown task(s) {unknown}; known: {list(grammar.TASK_NAMES)}"
+        )
     if not names:
         return []
     total = PROMPTS_PER_TASK * len(names) if n is None else int(n)
@@ -88,8 +97,11 @@ def toy_prompts(
                 InstructionPrompt(
                     text=text,
                     instruction=((ins_start, ins_start + len(instruction)),)
-                    if text.count(instruction) != 1 else (instruction,),
-                    context=((ctx_start, ctx_start + len(ctx)),) if text.count(ctx) != 1 else (ctx,),
+                    if text.count(instruction) != 1
+                    else (instruction,),
+                    context=((ctx_start, ctx_start + len(ctx)),)
+                    if text.count(ctx) != 1
+                    else (ctx,),
                     reference=response,
                     id=f"{t}-{i:03d}",
                     category=t,

@@ -83,9 +83,20 @@ class TrainConfig:
     def tiny(cls, **overrides: Any) -> TrainConfig:
         """A seconds-long configuration for tests (same code path, tiny sizes)."""
         base = dict(
-            n_sentences=400, examples_per_task=40, vocab_size=400, d_model=32, n_layers=2, n_heads=4,
-            n_kv_heads=2, d_mlp=64, seq_len=32, pretrain_steps=12, pretrain_batch=8, sft_steps=12,
-            sft_batch=8, warmup=2,
+            n_sentences=400,
+            examples_per_task=40,
+            vocab_size=400,
+            d_model=32,
+            n_layers=2,
+            n_heads=4,
+            n_kv_heads=2,
+            d_mlp=64,
+            seq_len=32,
+            pretrain_steps=12,
+            pretrain_batch=8,
+            sft_steps=12,
+            sft_batch=8,
+            warmup=2,
         )
         base.update(overrides)
         return cls(**base)
@@ -134,7 +145,11 @@ def build_tokenizer(texts: list[str], vocab_size: int):
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
     )
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, model_max_length=256,
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        model_max_length=256,
         clean_up_tokenization_spaces=False,
     )
     return fast
@@ -167,7 +182,9 @@ def _model_config(cfg: TrainConfig, tokenizer):
 def _pack_corpus(sentences: list[str], tokenizer, seq_len: int) -> Tensor:
     """Pack sentences into ``<bos>``-initial rows of exactly ``seq_len`` tokens."""
     ids = tokenizer([" " + s for s in sentences], add_special_tokens=False).input_ids
-    first = tokenizer(sentences, add_special_tokens=False).input_ids  # sentence at row start: no space
+    first = tokenizer(
+        sentences, add_special_tokens=False
+    ).input_ids  # sentence at row start: no space
     rows: list[list[int]] = []
     cur: list[int] = []
     for i in range(len(sentences)):
@@ -213,15 +230,22 @@ def _lm_loss(model, ids: Tensor, labels: Tensor | None = None) -> Tensor:
     target = (ids if labels is None else labels)[:, 1:].clone()
     if labels is None:
         target[attn[:, 1:] == 0] = -100
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), ignore_index=-100)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), ignore_index=-100
+    )
 
 
 def _optimizer(model, lr: float, cfg: TrainConfig, total: int):
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr, betas=(0.9, 0.98), eps=1e-8,
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=lr,
+        betas=(0.9, 0.98),
+        eps=1e-8,
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup, total))
     return opt, sched
@@ -289,8 +313,13 @@ def train_pair(
 
     # 2. tokenizer --------------------------------------------------------------------------
     t0 = time.perf_counter()
-    tokenizer = build_tokenizer(sentences + [e.prompt + e.response for e in examples], cfg.vocab_size)
-    phases["tokenizer"] = {"wall_s": round(time.perf_counter() - t0, 2), "vocab_size": len(tokenizer)}
+    tokenizer = build_tokenizer(
+        sentences + [e.prompt + e.response for e in examples], cfg.vocab_size
+    )
+    phases["tokenizer"] = {
+        "wall_s": round(time.perf_counter() - t0, 2),
+        "vocab_size": len(tokenizer),
+    }
 
     corpus = _pack_corpus(sentences, tokenizer, cfg.seq_len)
     sft_inp, sft_lab = _sft_tensors(examples, tokenizer)
@@ -322,9 +351,12 @@ def train_pair(
         sched.step()
         losses.append(loss.item())
         if step % 100 == 0 or step == cfg.pretrain_steps - 1:
-            _log(progress, f"pretrain {step:5d}/{cfg.pretrain_steps} loss {loss.item():.4f} "
-                           f"({time.perf_counter() - t0:.0f}s)")
-    tail = losses[-max(1, len(losses) // 20):]
+            _log(
+                progress,
+                f"pretrain {step:5d}/{cfg.pretrain_steps} loss {loss.item():.4f} "
+                f"({time.perf_counter() - t0:.0f}s)",
+            )
+    tail = losses[-max(1, len(losses) // 20) :]
     phases["pretrain"] = {
         "steps": cfg.pretrain_steps,
         "batch": cfg.pretrain_batch,
@@ -361,10 +393,13 @@ def train_pair(
         opt.step()
         sched.step()
         if step % 100 == 0 or step == cfg.sft_steps - 1:
-            _log(progress, f"sft {step:5d}/{cfg.sft_steps} loss {loss.item():.4f} "
-                           f"({time.perf_counter() - t0:.0f}s)")
-    tail = sft_losses[-max(1, len(sft_losses) // 20):]
-    ltail = lm_losses[-max(1, len(lm_losses) // 20):] or [float("nan")]
+            _log(
+                progress,
+                f"sft {step:5d}/{cfg.sft_steps} loss {loss.item():.4f} "
+                f"({time.perf_counter() - t0:.0f}s)",
+            )
+    tail = sft_losses[-max(1, len(sft_losses) // 20) :]
+    ltail = lm_losses[-max(1, len(lm_losses) // 20) :] or [float("nan")]
     phases["sft"] = {
         "steps": cfg.sft_steps,
         "sft_steps": len(sft_losses),
@@ -436,7 +471,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "pair"), help="output directory")
     ap.add_argument("--tiny", action="store_true", help="seconds-long smoke configuration")
     ap.add_argument("--no-eval", action="store_true", help="skip the evaluation")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override TrainConfig fields")
+    ap.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="override TrainConfig fields"
+    )
     args = ap.parse_args(argv)
     overrides: dict[str, Any] = {}
     for kv in args.set:
