@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from shiftlens.report.core import LensSpec, Section, change_sentence
+from shiftlens.report.core import LensSpec, Section, _digits, change_sentence
 
 __all__ = ["SPECS"]
 
@@ -65,14 +65,17 @@ def _p(p: Any) -> str:
 
 
 def _example_prompt(prompts: list[Any], pair: Any) -> Any:
+    """The shortest prompt (with its reference) that has instruction tokens: a light page."""
+    best, best_n = None, None
     for p in prompts:
         try:
             tp = pair.tokenize(p, response=p.reference or None)
         except Exception:  # noqa: BLE001 - e.g. too long; try the next
             continue
-        if bool(tp.mask("instruction").any()) and int(tp.tokens.shape[0]) <= 160:
-            return p
-    return prompts[0] if prompts else None
+        n = int(tp.tokens.shape[0])
+        if bool(tp.mask("instruction").any()) and (best_n is None or n < best_n):
+            best, best_n = p, n
+    return best if best is not None else (prompts[0] if prompts else None)
 
 
 # ============================================================================= attribution
@@ -179,8 +182,10 @@ def _run_attention(ctx: Any, sec: Section) -> None:
     ctx.figure(sec, head_delta_figure(res), "head_delta", text, key=head)
     groups = s.get("by_layer_group") or {}
     if groups:
-        parts = [f"{g}: {v['mean_b']:.3f} -> {v['mean_a']:.3f} (p = {v['pvalue']:.3g})"
-                 for g, v in groups.items()]
+        parts = []
+        for g, v in groups.items():
+            f = _digits(v["mean_b"], v["mean_a"], None)
+            parts.append(f"{g}: {v['mean_b']:{f}} -> {v['mean_a']:{f}} (p = {_p(v['pvalue'])})")
         sec.findings.append(_finding(
             "Attention on the instruction per layer group (base -> tuned, paired t-test): "
             + "; ".join(parts) + "."))

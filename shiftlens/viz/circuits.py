@@ -243,6 +243,7 @@ def token_rows(
     if not rows:
         raise ShiftlensError("token_rows: no value series given")
     vis = Visualization(title)
+    vis.data = {"tokens": list(tokens), "rows": dict(rows)}
     if segments is not None:
         if len(segments) != len(tokens):
             raise ShiftlensError(f"token_rows: {len(segments)} segment codes for {len(tokens)} tokens")
@@ -255,7 +256,9 @@ def token_rows(
         finite = v[torch.isfinite(v)]
         top = float(finite.abs().max()) if finite.numel() else 1.0
         top = top or 1.0
-        props: dict[str, Any] = {"tokens": list(tokens), "values": v, "maxValue": top}
+        # ColoredTokens writes each token as innerHTML: escape it, so "<bos>" shows as text
+        shown = [_html.escape(t, quote=False) for t in tokens]
+        props: dict[str, Any] = {"tokens": shown, "values": v, "maxValue": top}
         if label in diverging:
             props.update(minValue=-top, negativeColor="blue", positiveColor="red")
         else:
