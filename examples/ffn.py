@@ -75,7 +75,8 @@ def toy_words() -> list[str]:
     for name in dir(grammar):
         if name.isupper() and name != "TASKS":
             walk(getattr(grammar, name))
-    return list(dict.fromkeys(out))
+    walk([t.phrasings for t in grammar.TASKS])
+    return list(dict.fromkeys(w.strip(".?,") for w in out))
 
 
 vocab = default_vocab(pair.tokenizer, words=toy_words()) if which == "toy" else default_vocab(
@@ -110,6 +111,21 @@ print(st[(st.group == "all") & (st.kind != "explainable")][
     ["kind", "label", "base_mean", "tuned_mean", "diff", "p", "unit"]].round(3).to_string(index=False))
 res.save(out / "concept_shift")
 res.show().savefig(out / "concept_shift.png", dpi=120)
+
+# %% toy pair only: a lexicon for the toy's own tasks (zorbish words = translation, numbers = math)
+if which == "toy":
+    import json
+    from importlib import resources
+
+    from shiftlens.zoo import grammar
+
+    tasks = json.loads((resources.files("shiftlens") / "data" / "lexicons" / "tasks.json").read_text())
+    tasks["tasks"]["translation"]["words"] += [*grammar.TRANSLATION.values(), "zorbish"]
+    tasks["tasks"]["math"]["words"] += [*grammar.NUMBER_WORDS, "count", "number", "many"]
+    toy_lex = ffn.LexiconAnnotator(lexicons=ffn.load_lexicons(tasks=tasks))
+    res_toy = ffn.concept_shift(pair, toy_lex, k=16, top_words=15, vocab=vocab, progress=False)
+    print("toy lexicon:", res_toy.summary()["sentence"])
+    res_toy.show().savefig(out / "concept_shift_toy_lexicon.png", dpi=120)
 
 # %% the paper's two-step protocol with any text generator (here: a rule-based stand-in)
 # Replace `toy_llm` by a call into a local chat model, e.g.

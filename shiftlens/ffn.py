@@ -920,10 +920,10 @@ LEVEL_PROMPT = (
 )
 
 _TASK_PATTERNS: tuple[tuple[str, str], ...] = (
-    ("writing", r"\bwrit(e|es|ing|ten|er)\b"),
+    ("writing", r"\bwrit(e|es|ing|ings|ten|ers?)\b"),
     ("coding", r"\b(cod(e|es|ing)|programm(ing|er)?|software)\b"),
     ("math", r"\b(math(s|ematics|ematical)?|arithmetic|calculation)\b"),
-    ("translation", r"\btranslat(e|es|ion|ing)\b"),
+    ("translation", r"\btranslat(e|es|ed|ions?|ing|ors?)\b"),
     ("none", r"\b(none|no task|not applicable|n/a)\b"),
 )
 _LEVEL_PATTERNS: tuple[tuple[str, str], ...] = (
@@ -1594,6 +1594,7 @@ class Rotation:
         ax.axhline(self.meta.get("chance_overlap", float("nan")), color="gray", ls=":",
                    label="chance overlap k/d")
         ax.set_xlabel("layer")
+        ax.set_xticks(df["layer"].tolist())
         ax.set_ylim(0, 1.05)
         ax.legend(fontsize=8)
         ax.set_title(f"W_out top-{self.meta.get('k')} subspace: base vs tuned")
@@ -1602,6 +1603,7 @@ class Rotation:
         im = ax.imshow(ang.T, aspect="auto", origin="lower", cmap="viridis", vmin=0, vmax=90,
                        extent=(df["layer"].min() - 0.5, df["layer"].max() + 0.5, 0.5, ang.shape[1] + 0.5))
         ax.set_xlabel("layer")
+        ax.set_xticks(df["layer"].tolist())
         ax.set_ylabel("principal angle #")
         ax.set_title("principal angles (deg)")
         fig.colorbar(im, ax=ax)

@@ -157,6 +157,31 @@ def test_gemma2_post_feedforward_norm_is_folded(tiny_dirs):
     assert not torch.allclose(raw.components, got.components, atol=1e-3)
 
 
+@pytest.mark.slow
+def test_principal_components_match_sklearn_on_every_architecture(arch, tiny_dirs):
+    """W_out layout per architecture: GPT-2's Conv1D c_proj is [d_mlp, d_model], the others'
+    down_proj [d_model, d_mlp]; Gemma 2 also folds its post-feed-forward norm gain."""
+    sk = pytest.importorskip("sklearn.decomposition")
+    from shiftlens.pair import load_bridge
+
+    model = load_bridge(tiny_dirs(arch)[0])
+    hf = model.original_model
+    if arch == "gpt2":
+        W = hf.transformer.h[1].mlp.c_proj.weight.detach().float()
+    else:
+        layer = hf.model.layers[1]
+        W = layer.mlp.down_proj.weight.detach().T.float()
+        if arch == "gemma2":
+            W = W * (1.0 + layer.post_feedforward_layernorm.weight.detach().float())[None, :]
+    ref = sk.PCA(n_components=6, svd_solver="full").fit(W.double().numpy())
+    pc = ffn.principal_components(model, 1, k=6)
+    C = pc.components.double().numpy()
+    np.testing.assert_allclose(np.abs((C * ref.components_).sum(1)), 1.0, atol=1e-5)
+    vocab = default_vocab(model.tokenizer, 500)
+    cw = ffn.concept_words(model, 1, k=3, top_words=5, vocab=vocab)
+    assert len(cw.words) == 3 and all(len(w) == 5 for w in cw.words)
+
+
 # ------------------------------------------------------------------------------ concept words
 
 
@@ -531,18 +556,25 @@ def test_rotation_with_full_rank_k_warns(pair2, vocab2):
 # ------------------------------------------------------------------------------ toy pair
 
 
-def test_toy_pair_rotation_and_concept_words():
+@pytest.fixture(scope="module")
+def toy():
+    """The embedded toy pair and a vocabulary of its grammar's words (skip when not built)."""
     zoo = pytest.importorskip("shiftlens.zoo")
     try:
         zoo.pair_dirs()
     except ShiftlensError:
         pytest.skip("the embedded toy pair is not built yet (shiftlens/zoo/pair)")
-    pair = zoo.toy_pair()
     from shiftlens.zoo import grammar
 
+    pair = zoo.toy_pair()
     words = [w for ws in (grammar.ADJECTIVES, grammar.INPUT_WORDS, grammar.NUMBER_WORDS,
-                          tuple(grammar.TRANSLATION.values())) for w in ws]
-    vocab = default_vocab(pair.tokenizer, words=words)
+                          tuple(grammar.TRANSLATION.values()), grammar.PRONOUNS) for w in ws]
+    return pair, default_vocab(pair.tokenizer, words=words), grammar
+
+
+@pytest.mark.slow
+def test_toy_pair_rotation_and_concept_words(toy):
+    pair, vocab, _ = toy
     rot = ffn.rotation(pair, vocab=vocab, progress=False)
     df = rot.to_frame()
     assert len(df) == pair.cfg.n_layers
@@ -551,3 +583,18 @@ def test_toy_pair_rotation_and_concept_words():
     assert (df["tuned_var_by_base"] <= df["tuned_var_by_tuned"] + 1e-9).all()
     cw = ffn.concept_words(pair.tuned, pair.cfg.n_layers - 1, k=4, top_words=8, vocab=vocab)
     assert all(len(ws) == 8 and set(ws) <= set(vocab.words) for ws in cw.words)
+
+
+@pytest.mark.slow
+def test_toy_pair_concepts_rotate_toward_its_translation_task(toy):
+    """Known shift: the toy was tuned to translate into made-up 'zorbish' words. With those
+    words as the translation lexicon, tuned W_out components carry translation concepts more
+    often than base ones."""
+    pair, vocab, grammar = toy
+    tasks = {"tasks": {"translation": {"words": [*grammar.TRANSLATION.values()]}}}
+    lex = ffn.load_lexicons(tasks=tasks)
+    res = ffn.concept_shift(pair, ffn.LexiconAnnotator(lexicons=lex), k=16, top_words=15,
+                            vocab=vocab, progress=False)
+    tr = res.summary()["task"]["translation"]
+    assert tr["tuned_mean"] > tr["base_mean"] + 0.1
+    assert tr["p"] < 0.05
