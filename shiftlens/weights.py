@@ -37,6 +37,23 @@ def _name(model: Any) -> str:
     return str(getattr(model.cfg, "model_name", type(model).__name__))
 
 
+def _arch(model: Any) -> str:
+    cfg = model.cfg
+    return str(
+        getattr(cfg, "architecture", None) or getattr(cfg, "original_architecture", None)
+        or "unknown architecture"
+    )
+
+
+def _block_weight(model: Any, layer: int, part: str, name: str) -> Tensor:
+    """One layer's weight, read from its block (the model-level stacks rebuild every layer)."""
+    comp = getattr(model.blocks[layer], part, None)
+    w = getattr(comp, name, None) if comp is not None else None
+    if w is None:
+        w = getattr(model, name)[layer]
+    return w
+
+
 def is_processed(model: Any) -> bool:
     """True when TL compatibility-mode processing (norm folding) was applied to the weights.
 
@@ -119,8 +136,8 @@ def qk_weights(
         >>> W_Q, W_K = qk_weights(pair.base, 0)  # doctest: +SKIP
     """
     check_layer(model, layer)
-    W_Q = model.W_Q[layer].detach().float().cpu()
-    W_K = model.W_K[layer].detach().float().cpu()
+    W_Q = _block_weight(model, layer, "attn", "W_Q").detach().float().cpu()
+    W_K = _block_weight(model, layer, "attn", "W_K").detach().float().cpu()
     n_heads = W_Q.shape[0]
     if W_K.shape[0] != n_heads:
         if n_heads % W_K.shape[0]:
@@ -150,16 +167,16 @@ def mlp_out(model: Any, layer: int) -> Float[Tensor, "d_mlp d_model"]:
     """
     check_layer(model, layer)
     try:
-        W = model.W_out[layer]
+        W = _block_weight(model, layer, "mlp", "W_out")
     except Exception as e:  # noqa: BLE001 - TL raises several types for missing weights
         raise ShiftlensError(
-            f"{_name(model)} ({model.cfg.original_architecture or 'unknown architecture'}): "
-            f"layer {layer} has no dense MLP output weight W_out ({type(e).__name__}: {e})"
+            f"{_name(model)} ({_arch(model)}): layer {layer} has no dense MLP output weight "
+            f"W_out ({type(e).__name__}: {e})"
         ) from e
     if W is None or W.dim() != 2:
         raise ShiftlensError(
-            f"{_name(model)} ({model.cfg.original_architecture}): layer {layer} W_out has an "
-            "unexpected shape; a dense (gated or standard) MLP is required"
+            f"{_name(model)} ({_arch(model)}): layer {layer} W_out has an unexpected shape; a "
+            "dense (gated or standard) MLP is required"
         )
     return W.detach().float().cpu()
 
