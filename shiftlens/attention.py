@@ -60,7 +60,7 @@ from shiftlens.prompts import (
     default_prompts,
     tokenize_prompt,
 )
-from shiftlens.stats import layer_groups, paired_test, welch_test
+from shiftlens.stats import layer_groups, p_adjust, paired_test, welch_test
 from shiftlens.weights import WordVocab, check_layer, embedding, qk_weights, word_matrix
 
 __all__ = [
@@ -68,7 +68,6 @@ __all__ = [
     "segment_attention",
     "instruction_attention",
     "InstructionAttentionResult",
-    "p_adjust",
     "PairFilter",
     "BoundFilter",
     "CosineThreshold",
@@ -246,41 +245,6 @@ def segment_attention(
         prompt_ids=[_pid(p, i) for i, p in enumerate(prompts)],
         model_name=_name(model),
     )
-
-
-def p_adjust(
-    p: Sequence[float] | np.ndarray, method: str = "holm"
-) -> np.ndarray:
-    """Multiple-comparison adjusted p-values (NaNs kept and not counted).
-
-    ``"holm"``: Holm's step-down family-wise error control; ``"bh"``: Benjamini-Hochberg
-    false discovery rate.
-
-    Example:
-        >>> p_adjust([0.01, 0.04, 0.03], "holm").round(3).tolist()
-        [0.03, 0.06, 0.06]
-        >>> p_adjust([0.01, 0.04, 0.03], "bh").round(3).tolist()
-        [0.03, 0.04, 0.04]
-    """
-    p = np.asarray(p, dtype=np.float64).ravel()
-    out = np.full_like(p, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    m = ok.size
-    if m == 0:
-        return out
-    q = p[ok]
-    order = np.argsort(q, kind="stable")
-    s = q[order]
-    if method == "holm":
-        adj = np.maximum.accumulate((m - np.arange(m)) * s)
-    elif method == "bh":
-        adj = np.minimum.accumulate(m / np.arange(m, 0, -1) * s[::-1])[::-1]
-    else:
-        raise ShiftlensError(f"unknown p-value adjustment {method!r}; use 'holm' or 'bh'")
-    res = np.empty(m)
-    res[order] = np.minimum(adj, 1.0)
-    out[ok] = res
-    return out
 
 
 @dataclass

@@ -15,7 +15,9 @@ from scipy import stats as _st
 
 from shiftlens.errors import ShiftlensError
 
-__all__ = ["TestResult", "welch_test", "paired_test", "bootstrap_ci", "layer_groups"]
+__all__ = [
+    "TestResult", "welch_test", "paired_test", "bootstrap_ci", "layer_groups", "p_adjust",
+]
 
 Alternative = Literal["two-sided", "greater", "less"]
 
@@ -198,3 +200,38 @@ def layer_groups(
         raise ShiftlensError(f"n_layers must be >= 1, got {n_layers}")
     k = len(names)
     return [names[min(k - 1, (layer * k) // n_layers)] for layer in range(n_layers)]
+
+
+def p_adjust(
+    p: npt.ArrayLike, method: str = "holm"
+) -> np.ndarray:
+    """Multiple-comparison adjusted p-values (NaNs kept and not counted).
+
+    ``"holm"``: Holm's step-down family-wise error control; ``"bh"``: Benjamini-Hochberg
+    false discovery rate.
+
+    Example:
+        >>> p_adjust([0.01, 0.04, 0.03], "holm").round(3).tolist()
+        [0.03, 0.06, 0.06]
+        >>> p_adjust([0.01, 0.04, 0.03], "bh").round(3).tolist()
+        [0.03, 0.04, 0.04]
+    """
+    p = np.asarray(p, dtype=np.float64).ravel()
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = ok.size
+    if m == 0:
+        return out
+    q = p[ok]
+    order = np.argsort(q, kind="stable")
+    s = q[order]
+    if method == "holm":
+        adj = np.maximum.accumulate((m - np.arange(m)) * s)
+    elif method == "bh":
+        adj = np.minimum.accumulate(m / np.arange(m, 0, -1) * s[::-1])[::-1]
+    else:
+        raise ShiftlensError(f"unknown p-value adjustment {method!r}; use 'holm' or 'bh'")
+    res = np.empty(m)
+    res[order] = np.minimum(adj, 1.0)
+    out[ok] = res
+    return out

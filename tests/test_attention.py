@@ -22,7 +22,6 @@ from shiftlens.attention import (
     instruction_verbs,
     layer_word_pairs,
     model_word_pairs,
-    p_adjust,
     pair_word_counts,
     verb_shift,
     word_embeddings,
@@ -31,6 +30,7 @@ from shiftlens.attention import (
 )
 from shiftlens.pair import load_bridge
 from shiftlens.prompts import SEGMENTS, InstructionPrompt, default_prompts
+from shiftlens.stats import p_adjust
 from shiftlens.vocab import default_vocab
 from shiftlens.weights import WordVocab
 
