@@ -5,7 +5,7 @@
 # instruction-tuned twin) when it is installed, otherwise on a tiny random pair from
 # `shiftlens.testing` (whose "tuning" is Gaussian noise, so the numbers mean nothing there).
 #
-#     python examples/residual.py [--out out/residual] [--n 14]
+#     python examples/residual.py [--out out/residual] [--n 14] [--threads 1]
 
 # %%
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import matplotlib
+import torch
 
 matplotlib.use("Agg")
 
@@ -27,7 +28,9 @@ from shiftlens.residual import output_shift, patching, similarity  # noqa: E402
 ap = argparse.ArgumentParser()
 ap.add_argument("--out", default="out/residual")
 ap.add_argument("--n", type=int, default=14, help="number of prompts")
+ap.add_argument("--threads", type=int, default=1, help="torch threads (small models: 1 is fastest)")
 args, _ = ap.parse_known_args()
+torch.set_num_threads(args.threads)
 out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
 

@@ -558,7 +558,6 @@ def _toy():
     return zoo
 
 
-@pytest.mark.slow
 def test_toy_pair_guaranteed_properties():
     """Only what holds for any pair: lens = logits, KL >= 0, cosine <= 1, the resid identity,
     and 100% from the final residual iff the heads match (checked against the lens)."""
