@@ -21,6 +21,9 @@ from typing import Any
 __all__ = ["main", "build_parser"]
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
+#: Prompt caps of ``shiftlens demo`` (the toy pair is small: 4 prompts per task for the
+#: attributions, 20 for attention; about a minute on a 2-core CPU).
+DEMO_LIMITS = {"attribution": 28, "attention": 140, "residual": 28, "patching": 14}
 LENS_HELP = ("comma-separated lenses: attribution, attention, ffn, residual, or 'all' "
              "(default); 'list' prints which are available now and exits. Unavailable lenses "
              "are skipped with a note in the report")
@@ -155,7 +158,9 @@ def _print_lenses() -> int:
     return 0
 
 
-def _run_report(args: argparse.Namespace, pair: Any, prompts: list[Any], title: str) -> int:
+def _run_report(args: argparse.Namespace, pair: Any, prompts: list[Any], title: str,
+                options: dict[str, Any] | None = None,
+                limits: dict[str, int | None] | None = None) -> int:
     from shiftlens.report import build_report, resolve_lenses
 
     lenses = resolve_lenses(args.lenses)
@@ -163,8 +168,8 @@ def _run_report(args: argparse.Namespace, pair: Any, prompts: list[Any], title: 
     t0 = time.perf_counter()
     rep = build_report(
         pair, prompts, args.out, lenses=lenses, max_prompts=args.max_prompts,
-        limits=_limits(args.lens_prompts), title=title, seed=args.seed,
-        progress=not args.no_progress, debug=args.debug, command=command,
+        limits={**(limits or {}), **_limits(args.lens_prompts)}, title=title, seed=args.seed,
+        progress=not args.no_progress, debug=args.debug, command=command, options=options,
     )
     dt = time.perf_counter() - t0
     print(f"\n{pair}")
@@ -212,7 +217,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _limits(args.lens_prompts)
     device = _device(args.device)
     pair, prompts, what = _demo_pair(device, _dtype(args.dtype))
-    return _run_report(args, pair, prompts, f"shiftlens demo: {what}")
+    # the toy tasks answer in at most 6 tokens + EOS: 12 generated tokens are enough
+    toy = what == "embedded toy pair"
+    return _run_report(args, pair, prompts, f"shiftlens demo: {what}",
+                       options={"attribution_tokens": 12} if toy else None,
+                       limits=DEMO_LIMITS if toy else None)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -337,10 +346,14 @@ def _run_options(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _model_options(p: argparse.ArgumentParser) -> None:
+def _model_options(p: argparse.ArgumentParser, threads: int | None = None) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
     p.add_argument("--dtype", default="float32", choices=DTYPES,
                    help="weight dtype (default float32; bfloat16 for large models on GPU)")
+    default = (f"{threads}: the toy model is tiny, more threads only contend" if threads
+               else "torch's default")
+    p.add_argument("--threads", type=_positive("--threads"), default=threads, metavar="N",
+                   help=f"CPU threads for torch (default {default})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -372,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "held-out prompts and write the HTML report, metrics.json "
                                    "and CSVs into --out.")
     _run_options(d, "shiftlens-demo")
-    _model_options(d)
+    _model_options(d, threads=1)
     d.set_defaults(func="demo")
 
     for name in ("report", "compare"):
@@ -473,6 +486,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.func != "lenses":
             _quiet_hf()
+        if getattr(args, "threads", None):
+            import torch
+
+            torch.set_num_threads(args.threads)
         return int(globals()[f"cmd_{args.func}"](args))
     except ShiftlensError as e:
         if args.debug:

@@ -202,3 +202,13 @@ def test_prompts_without_category_and_ids(llama_pair, tmp_path, monkeypatch):
     m = _strict_json(rep.metrics_path)
     assert m["categories"] == {"(none)": 2} and m["prompt_ids"] == ["", ""]
     assert "No lens produced a finding" in rep.html_path.read_text()
+
+
+@pytest.mark.parametrize("name", ["shiftlens.report", "shiftlens.report.core", "shiftlens.cli"])
+def test_docstring_examples(name):
+    import doctest
+    import importlib
+
+    res = doctest.testmod(importlib.import_module(name),
+                          optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert res.attempted > 0 and res.failed == 0

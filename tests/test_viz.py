@@ -308,3 +308,15 @@ def test_save_and_embed_figures(tmp_path):
     with pytest.raises(ShiftlensError, match="no show"):
         lens_figure(object())
     plt.close(fig)
+
+
+@pytest.mark.parametrize("name", ["shiftlens.viz", "shiftlens.viz.html", "shiftlens.viz.circuits",
+                                  "shiftlens.viz.figures"])
+def test_docstring_examples(name):
+    import doctest
+    import importlib
+
+    res = doctest.testmod(importlib.import_module(name),
+                          optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert res.attempted > 0 and res.failed == 0
+    pyplot().close("all")

@@ -74,6 +74,10 @@ class LensSpec:
         requires: Names the module must define for the lens to be available.
         run: ``run(ctx, section)`` fills a :class:`Section` (see :mod:`shiftlens.report.lenses`).
         about: One paragraph: what the lens computes.
+
+    Example:
+        >>> LENSES["attention"].module
+        'shiftlens.attention'
     """
 
     name: str
@@ -260,6 +264,10 @@ class Finding:
         key: The short version listed under "Key findings" at the top ("" = not listed).
         files: Figure files written (PNG/SVG).
         wide: Lay the figure out below the text at full width (wide figures).
+
+    Example:
+        >>> Finding("Score rose from 0.2 to 0.5 (p = 0.01).", key="Score rose.").headline
+        True
     """
 
     text: str
@@ -289,6 +297,10 @@ class Section:
         errors: Error messages of failed analyses.
         n_prompts: Prompts used per analysis.
         seconds: Wall time.
+
+    Example:
+        >>> Section("ffn", "Feed-forward concepts").status
+        'ok'
     """
 
     name: str

@@ -59,9 +59,10 @@ def _try(ctx: Any, sec: Section, what: str, fn: Callable[[], Any]) -> Any:
 
 def _p(p: Any) -> str:
     try:
-        return f"{float(p):.3g}"
+        v = float(p)
     except (TypeError, ValueError):
         return "n/a"
+    return f"{v:.3g}" if v == v and abs(v) != float("inf") else "n/a"
 
 
 def _example_prompt(prompts: list[Any], pair: Any) -> Any:
@@ -125,9 +126,9 @@ def _run_attribution(ctx: Any, sec: Section) -> None:
 
             with torch.enable_grad():
                 ab = _call(A.attribute, pair.base, p, max_new_tokens=n_new,
-                           model_name=f"base: {pair.names['base']}")
+                           model_name=pair.names["base"])
                 at = _call(A.attribute, pair.tuned, p, max_new_tokens=n_new,
-                           model_name=f"tuned: {pair.names['tuned']}")
+                           model_name=pair.names["tuned"])
             sec.views.append(importance_tokens(ab, at, tokenizer=pair.tokenizer))
 
         _try(ctx, sec, f"importance view of prompt {p.label}", view)
