@@ -69,7 +69,7 @@ class TrainConfig:
     pretrain_batch: int = 32
     pretrain_lr: float = 3e-3
     # instruction tuning
-    sft_steps: int = 1100
+    sft_steps: int = 2000
     sft_batch: int = 48
     sft_lr: float = 2e-3
     corpus_every: int = 4
@@ -438,6 +438,11 @@ def train_pair(
         "train_wall_s": round(time.perf_counter() - t_start, 1),
         "train_cpu_s": round(time.process_time() - c_start, 1),
         "load_average_at_end": _loadavg(),
+        "timing_note": (
+            "wall_s is elapsed time and includes waiting for other processes on a shared CPU; "
+            "cpu_s (and train_cpu_s) is this process's own CPU time, about the wall time of an "
+            "otherwise idle machine with `threads` threads"
+        ),
         "torch": torch.__version__,
         "threads": cfg.threads,
     }
