@@ -182,7 +182,12 @@ def test_prompt_and_reference_tokenize_like_the_joined_text(shipped_pair):
         split = tok(p.text).input_ids + tok(p.reference, add_special_tokens=False).input_ids
         assert joint == split, p.id
         assert joint[0] == tok.bos_token_id
-    for w in grammar.INPUT_WORDS + tuple(grammar.TRANSLATION.values()):  # every word one token
+    instruction_words = {
+        w for t in grammar.TASKS for ph in t.phrasings for w in re.findall(r"[a-z]+", ph)
+    }
+    for w in (
+        grammar.INPUT_WORDS + tuple(grammar.TRANSLATION.values()) + tuple(sorted(instruction_words))
+    ):
         assert len(tok(" " + w, add_special_tokens=False).input_ids) == 1, w
 
 
