@@ -168,11 +168,19 @@ def test_attention_section_states_the_lens_numbers(llama_pair, tmp_path):
 
     prompts = default_prompts()[:8]
     rep = build_report(llama_pair, prompts, tmp_path, lenses="attention", max_prompts=5,
-                       progress=False, options={"verb_words": 300})
+                       progress=False, options={"verb_words": 300, "view_heads": 2})
     sec = rep.sections[0]
     assert sec.status == "ok", sec.errors
     used = select_prompts(prompts, 5)
-    s = instruction_attention(llama_pair, used, progress=False).summary()["instruction_mass"]
+    res = instruction_attention(llama_pair, used, progress=False)
+    s = res.summary()["instruction_mass"]
+    # the view shows the layer of the top head, and its 2 heads whose change is largest
+    t = res.tests
+    layer = int(t.iloc[0]["layer"])
+    lt = t[t.layer == layer].assign(a=lambda d: d.delta.abs()).sort_values("a", ascending=False)
+    want = [f"L{layer}H{h}" for h in sorted(lt["head"].head(2).astype(int))]
+    for _, props in sec.views[0].components:
+        assert props["attentionHeadNames"] == want
     key = rep.headlines[0]
     b, t = re.findall(r"from ([\d.]+) \(base\) to ([\d.]+) \(tuned\)", key)[0]
     assert float(b) == pytest.approx(s["mean_b"], abs=10 ** -(len(b.split(".")[1])) / 2 + 1e-12)

@@ -9,7 +9,9 @@ lens only affects its own section. Options (``build_report(options=...)``):
 - ``rotation_k`` - subspace dimension of :func:`shiftlens.ffn.rotation` (lens default),
 - ``verb_words`` - vocabulary size of :func:`shiftlens.attention.verb_shift` (default 5000),
 - ``attribution_tokens`` - generation limit of the attributed responses (default 24),
-- ``patching_components`` - components patched (default resid_pre, attn_out, mlp_out).
+- ``patching_components`` - components patched (default resid_pre, attn_out, mlp_out),
+- ``view_heads`` - at most this many heads in the attention-pattern view (default 8: the heads
+  of the shown layer whose instruction attention changed most).
 """
 
 from __future__ import annotations
@@ -193,14 +195,21 @@ def _run_attention(ctx: Any, sec: Section) -> None:
     p = _example_prompt(ps, pair)
     if p is not None:
         tests = getattr(res, "tests", None)
+        max_heads = int(ctx.options.get("view_heads", 8))
+        heads = None
         if tests is not None and len(tests):
             layer = int(tests.iloc[0]["layer"])
             why = (f"layer {layer} holds the head whose attention to the instruction rose most "
                    f"(head {int(tests.iloc[0]['head'])})")
+            if int(pair.cfg.n_heads) > max_heads:  # keep the page light: the heads that changed most
+                lt = tests[tests["layer"] == layer]
+                top = lt.reindex(lt["delta"].abs().sort_values(ascending=False).index)
+                heads = sorted(int(h) for h in top["head"].head(max_heads))
+                why += f"; the {len(heads)} heads of that layer whose instruction attention changed most"
         else:
             layer, why = int(pair.cfg.n_layers) - 1, "the last layer"
         vis = _try(ctx, sec, f"attention patterns of prompt {p.label}",
-                   lambda: attention_patterns(pair, p, [layer]))
+                   lambda: attention_patterns(pair, p, [layer], heads=heads))
         if vis is not None:
             vis.title += f" ({why})"
             sec.views.append(vis)
