@@ -218,3 +218,8 @@ def test_demo_end_to_end(capsys, tmp_path):
     html = (out / "report.html").read_text()
     assert html.count("<section") == 4 and "Key findings" in html
     assert len(list((out / "figures").glob("*.png"))) >= 7
+    assert html.count("CircuitsVis.render(") == 6  # 3 attention panels + 3 token rows
+    if "embedded toy pair" in html:  # known truth: tuning made the heads read the instruction
+        key = [f for f in m["lenses"]["attention"]["findings"] if "on the instruction" in f][0]
+        assert " rose from " in key and "; significant at 0.05" in key
+        assert m["lenses"]["attention"]["n_prompts"] == {"instruction_attention": 140}
