@@ -174,7 +174,7 @@ def test_attention_patterns_prompt_only_and_errors(llama_pair):
 
 # ----------------------------------------------------------------------------- importance tokens
 def test_importance_tokens_shows_each_models_density(llama_pair):
-    from shiftlens.attribution import attribute
+    attribute = pytest.importorskip("shiftlens.attribution").attribute
 
     ab = attribute(llama_pair.base, PROMPT, " apple fig", model_name="base")
     at = attribute(llama_pair.tuned, PROMPT, " apple fig", model_name="tuned")
