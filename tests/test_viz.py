@@ -172,6 +172,18 @@ def test_attention_patterns_prompt_only_and_errors(llama_pair):
         attention_patterns(llama_pair, PROMPT, layers=[0], response="  ")
 
 
+def test_attention_patterns_every_architecture(pair):
+    vis = attention_patterns(pair, PROMPT, layers=[0], response=False, difference=False)
+    n = int(pair.tokenize(PROMPT).tokens.shape[0])
+    assert len(vis.data["tokens"]) == n
+    for _, props in vis.components:
+        a = torch.as_tensor(props["attention"], dtype=torch.float64)
+        assert a.shape == (pair.cfg.n_heads, n, n)
+        torch.testing.assert_close(a.sum(-1), torch.ones(a.shape[:2], dtype=a.dtype), atol=1e-4,
+                                   rtol=0)  # softmax rows
+        assert float(torch.triu(a, diagonal=1).abs().max()) == 0.0  # causal
+
+
 # ----------------------------------------------------------------------------- importance tokens
 def test_importance_tokens_shows_each_models_density(llama_pair):
     attribute = pytest.importorskip("shiftlens.attribution").attribute
