@@ -451,6 +451,35 @@ def test_attribution_smollm2_chat_template(real, report):
     assert sum(d > 0 for d in user_minus_template) >= len(rows) - 2, user_minus_template
 
 
+def test_attribution_gemma_forward_and_reverse_mode_agree(real, report):
+    """Two autodiff routes to one matrix (JVP per prompt token vs VJP per response token)."""
+    (attribute,) = _lens("attribution", "attribute")
+    model = real("gemma3-270m")
+    p = _prompts(1)[0]
+    t0 = time.perf_counter()
+    rev = attribute(model, p, max_new_tokens=8, mode="reverse")
+    t1 = time.perf_counter()
+    fwd = attribute(model, p, rev.response_tokens, mode="forward")
+    t2 = time.perf_counter()
+    report["timings_s"]["gemma3-270m: attribution.attribute reverse (1 prompt, 8 tokens)"] = \
+        round(t1 - t0, 3)
+    report["timings_s"]["gemma3-270m: attribution.attribute forward (1 prompt, 8 tokens)"] = \
+        round(t2 - t1, 3)
+    assert rev.n_output >= 2 and torch.equal(rev.tokens, fwd.tokens)
+    scale = float(rev.matrix.abs().max())
+    assert scale > 0
+    assert torch.allclose(rev.matrix, fwd.matrix, atol=1e-3 * scale, rtol=1e-3)
+    assert torch.allclose(rev.probs, fwd.probs, atol=1e-5)
+    dens, segs = rev.density(), rev.input_segments
+    report["attribution_gemma"] = {
+        "id": p.id, "n_in": rev.n_input, "n_out": rev.n_output, "response": rev.response,
+        "mass": {s: float(dens[segs == SEGMENTS.index(s)].sum() / dens.sum())
+                 for s in ("instruction", "context", "template")},
+        "max_abs_matrix": scale,
+        "max_abs_diff_forward_reverse": float((rev.matrix - fwd.matrix).abs().max()),
+    }
+
+
 # ---------------------------------------------------------------------------- attention
 def _hook_segment_mass(model: Any, tp: Any, layer: int) -> torch.Tensor:
     """[head, segment] attention mass of the response queries, straight from hook_pattern."""
