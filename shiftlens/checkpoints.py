@@ -349,6 +349,11 @@ def _convert(gguf: Path, out: Path, official_name: str | None) -> dict[str, Any]
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         q = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    except ImportError as e:  # e.g. a gguf too old for this transformers
+        raise ShiftlensError(
+            f"transformers {transformers.__version__} cannot read GGUF files here ({e}); "
+            "pip install -U gguf (see requirements/real.txt)"
+        ) from e
     except (ValueError, KeyError, NotImplementedError) as e:
         raise ShiftlensError(
             f"transformers {transformers.__version__} cannot load GGUF file {str(gguf)!r}: "
@@ -460,7 +465,9 @@ def gguf_to_hf_dir(
             meta = _convert(gguf, tmp, official_name or _official_for(gguf))
         _open_permissions(tmp)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        if force and final.exists():
+        if final.exists() and (force or not _is_complete(final)):
+            # replaced on request, or a directory without the metadata file (not ours, or
+            # from an older version): move it aside in one rename, then delete it
             old = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{key}-{os.getpid()}-", dir=root))
             os.replace(final, old)
             shutil.rmtree(old, ignore_errors=True)

@@ -221,6 +221,16 @@ def test_force_converts_again_and_replaces(tiny_gguf, tmp_path):
     assert ck._is_complete(second) and not _tmp_leftovers(cache)
 
 
+def test_incomplete_directory_under_the_final_name_is_replaced(tiny_gguf, tmp_path):
+    final = tmp_path / "c" / "hf" / ck.cache_key(tiny_gguf[1])
+    final.mkdir(parents=True)
+    (final / "config.json").write_text("{}")  # no shiftlens_gguf.json: not a finished one
+    out = ck.gguf_to_hf_dir(tiny_gguf[1], tmp_path / "c", progress=False)
+    assert out == final and ck._is_complete(out)
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    assert not _tmp_leftovers(tmp_path / "c")
+
+
 def test_cache_dir_honours_env_and_defaults_to_home(monkeypatch, tmp_path):
     monkeypatch.setenv("SHIFTLENS_CACHE", str(tmp_path / "x"))
     assert ck.cache_dir() == tmp_path / "x"
@@ -336,6 +346,18 @@ def test_missing_gguf_package_is_named(tiny_gguf, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "gguf", None)  # import gguf -> ImportError
     with pytest.raises(ShiftlensError, match=r"'gguf' package.*pip install gguf"):
         ck.gguf_to_hf_dir(tiny_gguf[1], tmp_path / "fresh")
+
+
+def test_gguf_too_old_for_transformers_is_named(tiny_gguf, tmp_path, monkeypatch):
+    import transformers
+
+    def old_gguf(*a, **k):
+        raise ImportError("Please install torch and gguf>=0.10.0 to load a GGUF checkpoint")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", old_gguf)
+    with pytest.raises(ShiftlensError, match=r"cannot read GGUF files.*pip install -U gguf"):
+        ck.gguf_to_hf_dir(tiny_gguf[1], tmp_path / "c", progress=False)
+    assert not _tmp_leftovers(tmp_path / "c")
 
 
 def test_unsupported_architecture(tmp_path):
