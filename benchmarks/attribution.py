@@ -1,0 +1,277 @@
+"""Benchmark: shiftlens.attribution.attribution_matrix vs the paper code's per-token backward loop.
+
+A random-weight Llama-style model (d_model 512, 6 layers, 8 heads, d_mlp 1376, vocabulary
+50,000; float32) is built with ``transformers`` in a temporary directory and booted through
+``TransformerBridge`` like a checkpoint. For (N prompt tokens, M response tokens) =
+(32, 16), (32, 64), (16, 256) it times, on the same random tokens:
+
+- naive (the paper code's method): one forward pass computing full-vocabulary probabilities
+  at every position, then one backward pass per response token of ``p(y_m)`` to the input
+  embeddings (``retain_graph``), ``a[:, m] = e . grad``. Every backward pass costs the same,
+  so for M > ``--naive-cols`` (default 32) only that many evenly spaced response tokens are
+  run and the loop's time is extrapolated (``naive_extrapolated`` in the output; the
+  difference is measured on those columns; ``--naive-cols 0`` runs them all);
+- shiftlens: ``attribution_matrix(mode="auto")`` (logits only at response positions, batched
+  forward- or reverse-mode products, see docs/attribution.md);
+- unit: one forward + backward of the sequence (full logits, one probability's gradient).
+
+Printed, one JSON line per configuration: time ratio naive/shiftlens, peak-memory ratio
+shiftlens/naive (peak resident-set growth during the call, sampled every 2 ms, glibc told to
+return large blocks to the OS), the max abs difference relative to the matrix scale
+(max |a_naive|), the floor ratio time / (min(N, M) x unit), and the error of each float32
+method against a float64 evaluation of the same weights (norms computed in float64 too). A first line compares one
+forward with logits at the response positions only against full logits. ``--quick`` runs a
+smaller model (d_model 256, 4 layers, vocabulary 20,000) on smaller (N, M).
+
+Run: ``python benchmarks/attribution.py [--quick] [--threads 1]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+# Large blocks go straight to mmap and back to the OS on free, so the resident set size tracks
+# what is allocated (the default dynamic threshold lets freed blocks linger in the heap).
+if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "131072"
+    os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", "131072")
+    os.execv(sys.executable, [sys.executable, *sys.argv])
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+FULL = dict(d_model=512, n_layers=6, n_heads=8, d_mlp=1376, vocab=50_000,
+            shapes=[(32, 16), (32, 64), (16, 256)])
+QUICK = dict(d_model=256, n_layers=4, n_heads=4, d_mlp=688, vocab=20_000,
+             shapes=[(16, 8), (16, 32), (8, 96)])
+
+
+def build_model(cfg: dict, path: Path):
+    """A random-weight LlamaForCausalLM saved with a small tokenizer and booted as a bridge."""
+    import transformers as tf
+
+    from shiftlens.pair import load_bridge
+    from shiftlens.testing import build_tokenizer
+
+    build_tokenizer(path, "sentencepiece")  # token ids are drawn directly; its size is irrelevant
+    hf_cfg = tf.LlamaConfig(
+        vocab_size=cfg["vocab"], hidden_size=cfg["d_model"], intermediate_size=cfg["d_mlp"],
+        num_hidden_layers=cfg["n_layers"], num_attention_heads=cfg["n_heads"],
+        num_key_value_heads=cfg["n_heads"], max_position_embeddings=1024,
+        tie_word_embeddings=False, bos_token_id=0, eos_token_id=1, pad_token_id=2,
+    )
+    torch.manual_seed(0)
+    tf.LlamaForCausalLM(hf_cfg).save_pretrained(path)
+    return load_bridge(path)
+
+
+def _exact_rmsnorm() -> None:
+    """Make HF's LlamaRMSNorm compute in its input dtype (it computes in float32 and casts
+    back). A no-op for float32 models; lets the float64 reference be float64 throughout."""
+    import transformers.models.llama.modeling_llama as ml
+
+    def forward(self, hidden_states):
+        var = hidden_states.pow(2).mean(-1, keepdim=True)
+        return self.weight * (hidden_states * torch.rsqrt(var + self.variance_epsilon))
+
+    ml.LlamaRMSNorm.forward = forward
+
+
+def naive_attribution(
+    model, tokens: torch.Tensor, n_prompt: int, cols: list[int] | None = None
+) -> tuple[torch.Tensor, float, float]:
+    """The paper code's method: full-vocabulary softmax at every position, one backward per
+    response token through it (retaining the graph), gradient . embedding.
+
+    Returns ``(matrix over the response tokens in cols, forward seconds, backward seconds)``.
+    """
+    state = {}
+
+    def embed_hook(x, hook=None):
+        e = x.detach().clone().requires_grad_(True)
+        state["E"] = e
+        return e
+
+    t0 = time.perf_counter()
+    with model.hooks(fwd_hooks=[("hook_embed", embed_hook)]):
+        logits = model(tokens[None], return_type="logits")
+    probs = torch.softmax(logits[0], dim=-1)  # [T, V]
+    t1 = time.perf_counter()
+    E = state["E"]
+    M = tokens.shape[0] - n_prompt
+    out = []
+    for m in range(M) if cols is None else cols:
+        t = n_prompt + m
+        (g,) = torch.autograd.grad(probs[t - 1, tokens[t]], E, retain_graph=True)
+        out.append((g[0, :n_prompt].double() * E[0, :n_prompt].detach().double()).sum(-1))
+    return torch.stack(out, dim=1), t1 - t0, time.perf_counter() - t1
+
+
+def one_forward_backward(model, tokens: torch.Tensor) -> None:
+    state = {}
+
+    def embed_hook(x, hook=None):
+        e = x.detach().clone().requires_grad_(True)
+        state["E"] = e
+        return e
+
+    with model.hooks(fwd_hooks=[("hook_embed", embed_hook)]):
+        logits = model(tokens[None], return_type="logits")
+    p = torch.softmax(logits[0, -2], dim=-1)[tokens[-1]]
+    torch.autograd.grad(p, state["E"])
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+    """Peak growth of the resident set size while the block runs (sampled every 2 ms)."""
+
+    def __enter__(self):
+        gc.collect()
+        self.base = self.peak = _rss()
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._poll, daemon=True)
+        self._t.start()
+        return self
+
+    def _poll(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss())
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        self.peak = max(self.peak, _rss())
+        self._stop.set()
+        self._t.join()
+
+    @property
+    def mb(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+def timed(fn):
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        out = fn()
+        dt = time.perf_counter() - t0
+    return dt, mem.mb, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smaller model and shapes (seconds)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's choice)")
+    ap.add_argument("--chunk-size", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--naive-cols", type=int, default=32,
+                    help="run the naive loop on at most this many response tokens (evenly "
+                         "spaced) and extrapolate its time linearly; 0 = all (slow: minutes)")
+    ap.add_argument("--no-f64", action="store_true",
+                    help="skip the float64 reference (error of each float32 method)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = QUICK if args.quick else FULL
+
+    from shiftlens.attribution import attribution_matrix
+
+    _exact_rmsnorm()
+    with tempfile.TemporaryDirectory(prefix="shiftlens-bench-attr-") as tmp:
+        t0 = time.perf_counter()
+        model = build_model(cfg, Path(tmp) / "model")
+        build_s = time.perf_counter() - t0
+        model64 = None
+        if not args.no_f64:
+            from shiftlens.pair import load_bridge
+
+            model64 = load_bridge(Path(tmp) / "model", dtype=torch.float64)
+    common = {
+        "bench": "attribution", "device": "cpu", "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+        "model": f"llama d_model={cfg['d_model']} layers={cfg['n_layers']} vocab={cfg['vocab']}",
+        "quick": args.quick,
+    }
+    g = torch.Generator().manual_seed(args.seed)
+
+    # warm-up (first-call overheads of vmap/jvp and autograd), not timed
+    warm = torch.randint(3, cfg["vocab"], (12,), generator=g)
+    attribution_matrix(model, warm, 6, mode="forward", chunk_size=args.chunk_size)
+    attribution_matrix(model, warm, 6, mode="reverse", chunk_size=args.chunk_size)
+
+    # logits at the response positions only vs full logits (one forward, no grad)
+    N, M = cfg["shapes"][0]
+    toks = torch.randint(3, cfg["vocab"], (N + M,), generator=g)
+    q = torch.arange(N - 1, N + M - 1)
+    with torch.no_grad():
+        reps = []
+        for kw in ({"logits_to_keep": q}, {}):
+            best = float("inf")
+            for _ in range(2):
+                t = time.perf_counter()
+                model(toks[None], return_type="logits", **kw)
+                best = min(best, time.perf_counter() - t)
+            reps.append(best)
+    print(json.dumps({**common, "measure": "head", "N": N, "M": M,
+                      "t_forward_response_logits_s": round(reps[0], 4),
+                      "t_forward_full_logits_s": round(reps[1], 4),
+                      "ratio_full_over_response": round(reps[1] / reps[0], 2),
+                      "build_s": round(build_s, 1)}), flush=True)
+
+    for N, M in cfg["shapes"]:
+        toks = torch.randint(3, cfg["vocab"], (N + M,), generator=g)
+        unit = min(timed(lambda toks=toks: one_forward_backward(model, toks))[0] for _ in range(2))
+        t_ours, mem_ours, (a, _, info) = timed(
+            lambda toks=toks, N=N: attribution_matrix(model, toks, N, mode="auto",
+                                                     chunk_size=args.chunk_size))
+        k = M if not args.naive_cols or M <= args.naive_cols else args.naive_cols
+        cols = torch.linspace(0, M - 1, k).round().long().tolist()
+        _, mem_naive, (ref, t_fw, t_bw) = timed(
+            lambda toks=toks, N=N, cols=cols: naive_attribution(model, toks, N, cols))
+        t_naive = t_fw + t_bw * M / len(cols)  # backward passes all cost the same
+        a_cols = a[:, cols]
+        scale = float(ref.abs().max())
+        rel = float((a_cols.double() - ref).abs().max()) / scale
+        extra = {}
+        if model64 is not None:  # float64 reference: how far is each float32 method from it?
+            ref64, _, _ = attribution_matrix(model64, toks, N, mode="forward", chunk_size=8)
+            ref64 = ref64[:, cols]
+            s64 = float(ref64.abs().max())
+            extra = {
+                "rel_err_naive_vs_f64": float(f"{float((ref - ref64).abs().max()) / s64:.3g}"),
+                "rel_err_shiftlens_vs_f64": float(
+                    f"{float((a_cols.double() - ref64).abs().max()) / s64:.3g}"),
+            }
+        print(json.dumps({
+            **common, "measure": "attribution", "N": N, "M": M, "mode": info["mode"],
+            "chunk_size": args.chunk_size,
+            "naive_columns_run": len(cols), "naive_extrapolated": len(cols) < M,
+            "t_naive_s": round(t_naive, 3), "t_shiftlens_s": round(t_ours, 3),
+            "time_ratio": round(t_naive / t_ours, 2),
+            "peak_mb_naive": round(mem_naive, 1), "peak_mb_shiftlens": round(mem_ours, 1),
+            "peak_ratio": round(mem_ours / max(mem_naive, 1e-9), 3),
+            "rel_max_abs_diff": float(f"{rel:.3g}"),
+            "t_unit_fwd_bwd_s": round(unit, 4),
+            "floor_ratio": round(t_ours / (min(N, M) * unit), 3),
+            **extra,
+        }), flush=True)
+        del a, ref
+        gc.collect()
+
+
+if __name__ == "__main__":
+    main()

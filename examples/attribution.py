@@ -1,0 +1,116 @@
+"""Lens 1: which prompt tokens do the responses rest on? Attribution, importance density and the
+instruction score of base vs tuned (Wu et al. 2024, section 3).
+
+Run: python examples/attribution.py [--out out/attribution] [--n 21]
+Uses the embedded pair (shiftlens.zoo) when shipped, else a tiny random pair built in code.
+"""
+
+# %%
+from __future__ import annotations
+
+import argparse
+import os
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from shiftlens import ShiftlensWarning  # noqa: E402
+from shiftlens import attribution as A  # noqa: E402
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--out", default="out/attribution")
+ap.add_argument("--n", type=int, default=14, help="prompts for the pair comparison")
+args = ap.parse_args()
+out = Path(args.out)
+out.mkdir(parents=True, exist_ok=True)
+torch.set_num_threads(1)  # small models: one thread is fastest on a shared CPU
+
+# %% The pair and its prompts
+try:
+    from shiftlens.zoo import toy_pair, toy_prompts
+
+    pair, prompts, toy = toy_pair(), toy_prompts(n=args.n), True
+except Exception:  # the embedded pair is not shipped yet
+    from shiftlens import default_prompts
+    from shiftlens.testing import tiny_pair
+
+    pair, prompts, toy = tiny_pair("llama"), default_prompts()[: args.n], False
+print(pair)
+
+# %% One prompt, one model: the raw matrix a[n, m] = e_n . dp(y_m)/de_n and the density
+p0 = prompts[0]
+att = A.attribute(pair.tuned, p0, max_new_tokens=12)
+print(f"prompt {p0.id!r}: N={att.n_input} input tokens, M={att.n_output} response tokens, "
+      f"mode={att.mode} ({att.meta['mode_reason']})")
+print("response:", repr(att.response))
+print("p(y_m):", [round(float(x), 3) for x in att.probs])
+print(att.to_frame()[["token", "segment", "density"]].head(12).to_string(index=False))
+print("instruction score (L=10, b=7, p=4):", round(att.score(), 4))
+print("with b=5:", round(att.score(threshold=5), 4))
+plt.close(att.show(out / "attribution_tuned.png"))
+att.save(out / "attribution_tuned")
+assert A.Attribution.load(out / "attribution_tuned").score() == att.score()
+
+# %% Forward and reverse mode give the same matrix (float32 rounding apart)
+rev = A.attribute(pair.tuned, p0, att.response_tokens, mode="reverse")
+fwd = A.attribute(pair.tuned, p0, att.response_tokens, mode="forward")
+rel = float((rev.matrix - fwd.matrix).abs().max() / rev.matrix.abs().max())
+print(f"forward vs reverse: max |diff| / max |a| = {rel:.2e}")
+
+# %% Base vs tuned on the same (reference) responses: does the tuned model read the instruction?
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", ShiftlensWarning)  # prompts without instruction -> NaN
+    same = A.instruction_sensitivity(pair, [p for p in prompts if p.reference],
+                                     response="reference")
+print("same responses:", same.summary()["sentence"])
+
+# %% Base vs tuned, each model attributed on its own greedy response (the paper's protocol)
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", ShiftlensWarning)
+    res = A.instruction_sensitivity(pair, prompts, max_new_tokens=12)
+s = res.summary()
+print("own responses:", s["sentence"])
+for cat, block in s["by_category"].items():
+    print(f"  {cat:>14}: base {block['mean_b']:.3f}  tuned {block['mean_a']:.3f}  "
+          f"p={block['pvalue']:.3g}")
+res.save(out / "sensitivity")
+plt.close(res.show(out / "sensitivity.png"))
+# the raw matrices are kept: other density parameters without recomputing gradients
+print("with L=10, b=5, p=2:", res.rescore(threshold=5, p=2).summary()["sentence"])
+
+# %% Followed vs unfollowed responses (labels: the response reproduces the reference)
+labels = A.followed_by_reference(res)
+if labels and 0 < sum(labels.values()) < len(labels):
+    fr = A.followed_comparison(res, labels)
+    print(fr.summary()["sentence"])
+    plt.close(fr.show(out / "followed.png"))
+else:
+    print("followed/unfollowed: need both kinds of responses;", sum(labels.values()), "of",
+          len(labels), "follow the reference")
+
+# %% Position sensitivity: the same instruction at the start, middle or end of a long context
+if toy:
+    words = [" ".join(p.meta["words"]) for p in prompts]
+    items = [(p.text.splitlines()[0].removeprefix("Instruction: "), words[i: i + 4])
+             for i, p in enumerate(prompts[:6])]
+else:
+    items = [("Summarize the text in one sentence.",
+              ["The river rose after three days of rain.", "Farmers moved their animals uphill.",
+               "The bridge stayed closed until Monday.", "Schools reopened on Tuesday."]),
+             ("List every animal mentioned.",
+              ["A fox crossed the road at dawn.", "Two crows watched from a wire.",
+               "Later a dog barked at the mail van.", "Nobody saw the cat."])]
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", ShiftlensWarning)
+    pos = A.position_sensitivity(pair, items, max_new_tokens=12, progress=False)
+print(pos.summary()["sentence"])
+pos.save(out / "position")
+plt.close(pos.show(out / "position.png"))
+print(f"figures and results in {out}/")
