@@ -494,6 +494,7 @@ def test_model_without_dense_mlp_names_the_architecture(pair2, monkeypatch):
         raise AttributeError("this block has experts, not a dense W_out")
 
     monkeypatch.setattr(type(pair2.base), "W_out", property(no_w_out))
+    monkeypatch.setattr(type(pair2.base.blocks[0].mlp), "W_out", property(no_w_out), raising=False)
     with pytest.raises(ShiftlensError, match=r"LlamaForCausalLM.*dense") as e:
         ffn.principal_components(pair2.base, 0)
     assert "W_out" in str(e.value)
