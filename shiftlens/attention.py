@@ -129,6 +129,10 @@ class SegmentAttention:
         used_last: Per prompt, True when the last prompt token was the query.
         prompt_ids: Prompt ids (``#i`` when a prompt has none).
         model_name: The model's name.
+
+    Example:
+        >>> sa = segment_attention(pair.tuned, prompts, query="response")  # doctest: +SKIP
+        >>> sa.mass.shape  # [prompt, layer, head, segment]  # doctest: +SKIP
     """
 
     mass: Float[Tensor, "prompt layer head segment"]
@@ -643,6 +647,9 @@ class BoundFilter(Protocol):
     word lists at once; used by :func:`layer_word_pairs` when present, which avoids gathering
     one vector pair per candidate) and ``similarity(q_word, k_word)`` (reported in the pair
     tables).
+
+    Example:
+        >>> bound = resolve_filter("embedding").bind(model, vocab)  # doctest: +SKIP
     """
 
     def __call__(self, q_word: Tensor, k_word: Tensor) -> Tensor: ...
@@ -655,6 +662,9 @@ class PairFilter(Protocol):
     Implement this to plug in any measure (e.g. GloVe similarities: see
     :class:`VectorFilter`). ``bind`` is called once per vocabulary (and model), before any
     layer is analysed.
+
+    Example:
+        >>> pairs = word_pairs(model, 3, 5, vocab, filter="embedding")  # doctest: +SKIP
     """
 
     def bind(self, model: Any, vocab: WordVocab) -> BoundFilter: ...
@@ -920,6 +930,10 @@ class LayerPairs:
         q_act, k_act: Their activations ``Q[q_word, dim]``, ``K[k_word, dim]`` (same sign).
         energy: ``[head, d_head]`` energy sum_w Q^2 + sum_w K^2 of every dimension.
         top_dims: ``[head, n_top]`` the selected dimensions, highest energy first.
+
+    Example:
+        >>> lp = layer_word_pairs(model, 3, vocab)  # doctest: +SKIP
+        >>> lp.head.unique()  # heads with kept pairs  # doctest: +SKIP
     """
 
     head: Int[Tensor, " n"]

@@ -143,6 +143,11 @@ class Components:
         method: Which solver computed it.
         layer: The layer (None for a bare matrix).
         model_name: The model (or matrix) name.
+
+    Example:
+        >>> comps = principal_components(model, 2, k=8)  # doctest: +SKIP
+        >>> comps.components.shape  # doctest: +SKIP
+        torch.Size([8, 128])
     """
 
     components: Float[Tensor, "k d"]
@@ -581,6 +586,9 @@ class Lexicons:
         abbreviations: abbreviations.
         function_words: determiners, pronouns, prepositions, conjunctions, auxiliaries, particles.
         fields: semantic field -> set of words (the task lists are added as fields).
+
+    Example:
+        >>> lex = load_lexicons()  # doctest: +SKIP
     """
 
     tasks: dict[str, frozenset[str]]

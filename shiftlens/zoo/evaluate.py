@@ -354,7 +354,11 @@ def update_manifest(path: str | Path, result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m shiftlens.zoo.evaluate [--dir DIR] [--write]``."""
+    """Command line: ``python -m shiftlens.zoo.evaluate [--dir DIR] [--write]``.
+
+    Example:
+        >>> main(["--markdown"])  # doctest: +SKIP
+    """
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", default=str(Path(__file__).parent / "pair"), help="pair directory")
     ap.add_argument("--write", action="store_true", help="write the numbers into manifest.json")

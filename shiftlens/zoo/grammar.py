@@ -366,7 +366,12 @@ def corpus_sentences(n: int, rng: random.Random) -> list[str]:
 
 @dataclass(frozen=True)
 class Task:
-    """One instruction task: its paraphrases and the function from input words to answer words."""
+    """One instruction task: its paraphrases and the function from input words to answer words.
+
+    Example:
+        >>> TASKS[0].name, TASKS[0].solve(["red", "cat"])
+        ('reverse', ['cat', 'red'])
+    """
 
     name: str
     phrasings: tuple[str, ...]
@@ -457,7 +462,13 @@ def sample_input(rng: random.Random, *, held_out: bool) -> list[str]:
 
 @dataclass(frozen=True)
 class Example:
-    """One instruction example in the fixed template."""
+    """One instruction example in the fixed template.
+
+    Example:
+        >>> ex = make_example("first", random.Random(0), held_out=False)
+        >>> ex.prompt.endswith("Response:") and ex.response.startswith(" ")
+        True
+    """
 
     task: str
     instruction: str

@@ -471,7 +471,11 @@ def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m shiftlens.zoo.train [--out DIR] [--tiny] [--no-eval]``."""
+    """Command line: ``python -m shiftlens.zoo.train [--out DIR] [--tiny] [--no-eval]``.
+
+    Example:
+        >>> main(["--tiny", "--out", "/tmp/toy"])  # doctest: +SKIP
+    """
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(Path(__file__).parent / "pair"), help="output directory")
     ap.add_argument("--tiny", action="store_true", help="seconds-long smoke configuration")
