@@ -332,3 +332,29 @@ def test_docstring_examples(name):
                           optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert res.attempted > 0 and res.failed == 0
     pyplot().close("all")
+
+
+def test_reused_lens_figures_get_labels_and_model_names():
+    from shiftlens.viz import head_delta_figure, rotation_figure
+
+    class Fake:
+        model_names = {"base": "B0", "tuned": "T0"}
+
+        def show(self):
+            plt = pyplot()
+            fig, (a, b) = plt.subplots(1, 2)
+            im = a.imshow(np.eye(3))
+            fig.colorbar(im, ax=a)
+            b.plot([0, 1])
+            b.set_ylabel("kept label")
+            return fig
+
+    fig = head_delta_figure(Fake())
+    cbar = [ax for ax in fig.axes if getattr(ax, "_colorbar", None) is not None][0]
+    assert cbar.get_ylabel() == "tuned - base (fraction of attention)"
+    assert fig.axes[1].get_ylabel() == "kept label" and fig.axes[0].get_ylabel() == ""
+    assert any("B0" in t.get_text() and "T0" in t.get_text() for t in fig.texts)
+    fig2 = rotation_figure(Fake())
+    assert fig2.axes[0].get_ylabel() == "overlap / variance share (0-1)"
+    assert fig2.axes[1].get_ylabel() == "kept label"
+    pyplot().close("all")

@@ -175,25 +175,49 @@ def lens_figure(result: Any, *args: Any, names: Mapping[str, str] | None = None,
     return label_models(fig, names or _names_of(result))
 
 
+def _fill_labels(fig: Any, colorbar: str | None = None, ylabel: str | None = None) -> Any:
+    """Label a reused figure's unlabeled colorbars / y axes (never overwrite a label)."""
+    changed = False
+    for ax in fig.axes:
+        is_cbar = getattr(ax, "_colorbar", None) is not None
+        if is_cbar and colorbar and not ax.get_ylabel():
+            ax.set_ylabel(colorbar, fontsize=8)
+            changed = True
+        elif not is_cbar and ylabel and not ax.get_ylabel():
+            ax.set_ylabel(ylabel, fontsize=9)
+            changed = True
+    if changed:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # tight_layout on odd layouts
+            fig.tight_layout()
+    return fig
+
+
 def head_delta_figure(result: Any) -> Any:
     """The layers x heads heatmap of the change in attention to the instruction.
 
     Reuses :meth:`shiftlens.attention.InstructionAttentionResult.show` (tuned - base mass,
-    BH-significant heads dotted) and adds the model names.
+    BH-significant heads dotted), labels its colorbar (the unit: a difference of attention
+    fractions) and adds the model names.
 
     Example:
         >>> fig = head_delta_figure(instruction_attention(pair, prompts))  # doctest: +SKIP
     """
-    return lens_figure(result)
+    return _fill_labels(lens_figure(result),
+                        colorbar="tuned - base (fraction of attention)")
 
 
 def rotation_figure(result: Any) -> Any:
     """W_out subspace overlap and principal angles per layer (:class:`shiftlens.ffn.Rotation`).
 
+    Reuses :meth:`shiftlens.ffn.Rotation.show`, labels what it leaves unlabeled (overlap axis:
+    mean cos^2 of the principal angles, 0-1; colorbar: degrees) and adds the model names.
+
     Example:
         >>> fig = rotation_figure(rotation(pair))  # doctest: +SKIP
     """
-    return lens_figure(result)
+    return _fill_labels(lens_figure(result), colorbar="principal angle (degrees)",
+                        ylabel="overlap / variance share (0-1)")
 
 
 def similarity_figure(result: Any, metric: str = "cosine") -> Any:
