@@ -480,6 +480,36 @@ def test_attribution_gemma_forward_and_reverse_mode_agree(real, report):
     }
 
 
+# ---------------------------------------------------------------------------- residual
+@pytest.mark.parametrize("name", MODELS)
+def test_logit_lens_ends_at_the_model_logits(name, real, control, report):
+    (lens_logits,) = _lens("residual", "lens_logits")
+    model = real(name)
+    refs = [p.reference for p in _prompts(1, need_reference=True)][:4]
+    L = model.cfg.n_layers
+    layers = [L // 4, L // 2, 3 * L // 4, L - 1]
+    res: dict[str, Any] = {"layers": layers}
+    for tag, m in (("real", model), ("control", control(name))):
+        hits = torch.zeros(len(layers))
+        total, t0 = 0, time.perf_counter()
+        for r in refs:
+            tokens = m.tokenizer(r, return_tensors="pt")["input_ids"][0]
+            with torch.no_grad():
+                ll = lens_logits(m, tokens, layers=layers)
+                if tag == "real":
+                    logits = m(tokens[None], return_type="logits")[0]
+                    assert torch.allclose(ll[-1], logits, atol=1e-3, rtol=1e-4), name
+            hits += (ll[:, :-1].argmax(-1) == tokens[1:]).float().sum(-1)
+            total += len(tokens) - 1
+        report["timings_s"][f"{name}: residual.lens_logits {tag} (per prompt, 4 layers)"] = \
+            round((time.perf_counter() - t0) / len(refs), 3)
+        res[tag] = {"next_token_accuracy_by_layer": (hits / total).tolist()}
+    report.setdefault("logit_lens", {})[name] = res
+    real_acc = res["real"]["next_token_accuracy_by_layer"]
+    assert real_acc[-1] > 0.25 and real_acc[-1] > res["control"][
+        "next_token_accuracy_by_layer"][-1] + 0.2, res
+
+
 # ---------------------------------------------------------------------------- attention
 def _hook_segment_mass(model: Any, tp: Any, layer: int) -> torch.Tensor:
     """[head, segment] attention mass of the response queries, straight from hook_pattern."""
