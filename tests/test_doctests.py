@@ -9,7 +9,7 @@ import pytest
 
 MODULES = [
     "shiftlens.errors", "shiftlens.prompts", "shiftlens.capture", "shiftlens.stats",
-    "shiftlens.io", "shiftlens.vocab",
+    "shiftlens.io", "shiftlens.vocab", "shiftlens.checkpoints",
 ]
 
 
