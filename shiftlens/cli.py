@@ -251,6 +251,8 @@ def cmd_attribute(args: argparse.Namespace) -> int:
                                context=args.context or (), id="cli")
     device = _device(args.device)
     model = load_bridge(_model_ref(args.model), device=device, dtype=_dtype(args.dtype))
+    if args.chat_template:  # the user text becomes the user turn; spans move with it
+        prompt = prompt.with_chat_template(model.tokenizer, system=args.system)
     att = attribute(model, prompt, args.response, max_new_tokens=args.max_new_tokens,
                     mode=args.mode, progress=not args.no_progress, model_name=args.model)
     from shiftlens.viz.circuits import token_strings
@@ -416,6 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a substring of the prompt that is the instruction (repeatable)")
     a.add_argument("--context", action="append", metavar="SPAN",
                    help="a substring of the prompt that is the input/context (repeatable)")
+    a.add_argument("--chat-template", action="store_true",
+                   help="wrap the prompt in the model's chat template (instruct models)")
+    a.add_argument("--system", default=None, metavar="TEXT",
+                   help="system message for --chat-template")
     a.add_argument("--response", default=None, metavar="TEXT",
                    help="response to attribute (default: the model's greedy response)")
     a.add_argument("--max-new-tokens", type=_positive("--max-new-tokens"), default=32,

@@ -226,3 +226,24 @@ def test_demo_end_to_end(capsys, tmp_path):
         key = [f for f in m["lenses"]["attention"]["findings"] if "on the instruction" in f][0]
         assert " rose from " in key and "; significant at 0.05" in key
         assert m["lenses"]["attention"]["n_prompts"] == {"instruction_attention": 140}
+
+
+def test_attribute_under_chat_template(capsys, tiny_dirs):
+    attribute = pytest.importorskip("shiftlens.attribution").attribute
+    from shiftlens.pair import load_bridge
+
+    base, _ = tiny_dirs("llama")  # its tokenizer has a small chat template
+    text = "Sort the words.\nInput: pear apple"
+    rc, out, _ = run(capsys, "attribute", str(base), "--prompt", text, "--instruction",
+                     "Sort the words.", "--context", "pear apple", "--response", " apple pear",
+                     "--chat-template", "--system", "Be brief.", "--no-progress")
+    assert rc == 0
+    model = load_bridge(base)
+    templated = InstructionPrompt(text, instruction=["Sort the words."],
+                                  context=["pear apple"]).with_chat_template(
+                                      model.tokenizer, system="Be brief.")
+    want = attribute(model, templated, " apple pear")
+    score = float(re.search(r"instruction score: ([\d.]+)", out).group(1))
+    assert score == pytest.approx(want.score(), abs=1e-4)
+    rows = [ln for ln in out.splitlines() if re.match(r"^\s+\d+\s+(instruction|context|template)", ln)]
+    assert len(rows) == want.n_input > len(model.tokenizer(text)["input_ids"])  # template tokens
