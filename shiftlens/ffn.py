@@ -59,9 +59,7 @@ from shiftlens.vocab import default_vocab, english_words
 from shiftlens.weights import (
     WordVocab,
     check_layer,
-    is_processed,
     mlp_out,
-    norm_scale,
     unembedding,
     word_matrix,
 )
@@ -111,15 +109,6 @@ _SEP = "|"  # separates words inside one DataFrame cell
 
 def _name(model: Any) -> str:
     return str(getattr(getattr(model, "cfg", None), "model_name", None) or type(model).__name__)
-
-
-def _arch(model: Any) -> str:
-    cfg = getattr(model, "cfg", None)
-    return str(
-        getattr(cfg, "architecture", None)
-        or getattr(cfg, "original_architecture", None)
-        or "unknown architecture"
-    )
 
 
 # =============================================================================================
@@ -280,25 +269,6 @@ def pca(
     )
 
 
-def _mlp_out(model: Any, layer: int, fold_post_norm: bool = True) -> Tensor:
-    """W_out via shiftlens.weights, with the architecture named on failure and Gemma's
-    post-feed-forward norm gain folded into its columns."""
-    try:
-        W = mlp_out(model, layer)
-    except ShiftlensError as e:
-        arch = _arch(model)
-        if arch in str(e):
-            raise
-        raise ShiftlensError(
-            f"{e} [architecture {arch}: the feed-forward lens needs a dense (standard or gated) "
-            "MLP output weight]"
-        ) from e
-    post = getattr(model.blocks[layer], "ln2_post", None)
-    if fold_post_norm and post is not None and not is_processed(model):
-        W = W * norm_scale(post, W.shape[1])[None, :].to(W.dtype)
-    return W
-
-
 def principal_components(
     model: Any,
     layer: int,
@@ -331,7 +301,7 @@ def principal_components(
         torch.Size([8, 32])
     """
     check_layer(model, layer)
-    W = _mlp_out(model, layer, fold_post_norm)
+    W = mlp_out(model, layer, fold_norm=fold_post_norm)
     pc = pca(W, k, method=method, device=device, seed=seed,
              name=f"{_name(model)} layer {layer} W_out")
     return Components(**{**pc.__dict__, "layer": layer, "model_name": _name(model)})
@@ -1677,8 +1647,8 @@ def rotation(
                 _SEP.join(f"{x:+.3f}" for x in s[0].tolist()))
 
     for layer in _progress(sel, len(sel), "rotation", progress):
-        Wb = _mlp_out(pair.base, layer).to(device)
-        Wt = _mlp_out(pair.tuned, layer).to(device)
+        Wb = mlp_out(pair.base, layer).to(device)
+        Wt = mlp_out(pair.tuned, layer).to(device)
         name = f"layer {layer} W_out"
         pb = pca(Wb, k, method=method, device=device, seed=seed, name=f"base {name}")
         pt = pca(Wt, k, method=method, device=device, seed=seed, name=f"tuned {name}")

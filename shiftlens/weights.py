@@ -155,8 +155,14 @@ def qk_weights(
 
 
 @torch.no_grad()
-def mlp_out(model: Any, layer: int) -> Float[Tensor, "d_mlp d_model"]:
+def mlp_out(
+    model: Any, layer: int, *, fold_norm: bool = True
+) -> Float[Tensor, "d_mlp d_model"]:
     """The MLP output weight of a layer: row i is neuron i's value vector in d_model.
+
+    Architectures that normalize the MLP output before adding it to the residual stream (Gemma
+    2/3's post-feed-forward norm, ``blocks[l].ln2_post``) get that norm's gamma folded into the
+    columns when ``fold_norm`` is set and the weights are not already TL-processed.
 
     Raises:
         ShiftlensError: the layer has no dense MLP output weight (e.g. a mixture of experts).
@@ -178,7 +184,11 @@ def mlp_out(model: Any, layer: int) -> Float[Tensor, "d_mlp d_model"]:
             f"{_name(model)} ({_arch(model)}): layer {layer} W_out has an unexpected shape; a "
             "dense (gated or standard) MLP is required"
         )
-    return W.detach().float().cpu()
+    W = W.detach().float().cpu()
+    post = getattr(model.blocks[layer], "ln2_post", None)
+    if fold_norm and post is not None and not is_processed(model):
+        W = W * norm_scale(post, W.shape[1])[None, :]
+    return W
 
 
 @torch.no_grad()

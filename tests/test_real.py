@@ -309,7 +309,7 @@ def _own_concepts(model: Any, vocab: WordVocab, layers: list[int]) -> dict[int, 
     U = U / U.norm(dim=0, keepdim=True)
     out = {}
     for layer in layers:
-        W = mlp_out(model, layer).double()
+        W = mlp_out(model, layer, fold_norm=False).double()  # fold the gain here, independently
         post = getattr(model.blocks[layer], "ln2_post", None)
         if post is not None:
             W = W * norm_scale(post, W.shape[1]).double()[None, :]
