@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 from shiftlens.capture import run_hooks_batched
 from shiftlens.errors import ShiftlensError, ShiftlensWarning
 from shiftlens.io import load_bundle, save_bundle
+from shiftlens.pair import model_name as _name
 from shiftlens.prompts import (
     INSTRUCTION,
     RESPONSE,
@@ -91,10 +92,6 @@ __all__ = [
 
 ROLES = ("base", "tuned")
 _EPS = 1e-12
-
-
-def _name(model: Any) -> str:
-    return str(getattr(getattr(model, "cfg", None), "model_name", None) or type(model).__name__)
 
 
 def _pid(p: InstructionPrompt, i: int) -> str:

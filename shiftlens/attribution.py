@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from shiftlens.errors import ShiftlensError, ShiftlensWarning
 from shiftlens.io import load_bundle, save_bundle
+from shiftlens.pair import model_name as _name
 from shiftlens.prompts import (
     BOS,
     CONTEXT,
@@ -208,10 +209,6 @@ def instruction_score(
 
 
 # ====================================================================== Attribution
-def _name(model: Any) -> str:
-    return str(getattr(getattr(model, "cfg", None), "model_name", None) or type(model).__name__)
-
-
 def _decode_tokens(tokenizer: Any, ids: Sequence[int]) -> tuple[str, ...]:
     """Raw token strings (``convert_ids_to_tokens``: byte-level ``Ġ``, sentencepiece ``▁``)."""
     if tokenizer is None:

@@ -34,6 +34,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from shiftlens.errors import ShiftlensError
+from shiftlens.pair import model_name
 from shiftlens.prompts import SEGMENTS, InstructionPrompt, TokenizedPrompt
 
 __all__ = ["PairCache", "capture_pair", "default_hook_names", "resolve_hook_names", "REDUCTIONS"]
@@ -332,12 +333,8 @@ def run_hooks_batched(
     for n in names:
         missing = [i for i, v in enumerate(results[n]) if v is None]
         if missing:
-            raise ShiftlensError(f"hook {n!r} did not fire on {model_name_of(model)}")
+            raise ShiftlensError(f"hook {n!r} did not fire on {model_name(model)}")
     return results  # type: ignore[return-value]
-
-
-def model_name_of(model: Any) -> str:
-    return str(getattr(model.cfg, "model_name", type(model).__name__))
 
 
 def capture_pair(

@@ -54,6 +54,7 @@ from torch import Tensor
 from shiftlens.errors import ShiftlensError, ShiftlensWarning
 from shiftlens.io import load_bundle, save_bundle
 from shiftlens.pair import ModelPair
+from shiftlens.pair import model_name as _name
 from shiftlens.stats import bootstrap_ci, layer_groups, welch_test
 from shiftlens.vocab import default_vocab, english_words
 from shiftlens.weights import (
@@ -105,10 +106,6 @@ DEFAULT_ROTATION_K = 64
 
 Method = Literal["auto", "gram", "svd", "lowrank"]
 _SEP = "|"  # separates words inside one DataFrame cell
-
-
-def _name(model: Any) -> str:
-    return str(getattr(getattr(model, "cfg", None), "model_name", None) or type(model).__name__)
 
 
 # =============================================================================================

@@ -20,6 +20,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from shiftlens.errors import ShiftlensError
+from shiftlens.pair import model_name as _name
 
 __all__ = [
     "is_processed",
@@ -31,10 +32,6 @@ __all__ = [
     "WordVocab",
     "word_matrix",
 ]
-
-
-def _name(model: Any) -> str:
-    return str(getattr(model.cfg, "model_name", type(model).__name__))
 
 
 def _arch(model: Any) -> str:
