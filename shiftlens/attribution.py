@@ -49,6 +49,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from shiftlens.errors import ShiftlensError, ShiftlensWarning
+from shiftlens.generate import greedy
 from shiftlens.io import load_bundle, save_bundle
 from shiftlens.pair import model_name as _name
 from shiftlens.prompts import (
@@ -484,20 +485,6 @@ def _check_autograd(model: Any, label: str) -> None:
         )
 
 
-def _stop_ids(model: Any) -> set[int]:
-    ids: set[int] = set()
-    tok = getattr(model, "tokenizer", None)
-    if tok is not None and tok.eos_token_id is not None:
-        ids.add(int(tok.eos_token_id))
-    gc = getattr(getattr(model, "original_model", None), "generation_config", None)
-    e = getattr(gc, "eos_token_id", None)
-    if isinstance(e, int):
-        ids.add(e)
-    elif isinstance(e, (list, tuple)):
-        ids.update(int(i) for i in e)
-    return ids
-
-
 def _device(model: Any) -> torch.device:
     p = next(iter(model.parameters()), None)
     return p.device if p is not None else torch.device("cpu")
@@ -510,39 +497,18 @@ def greedy_response(
     *,
     stop_ids: Iterable[int] | None = None,
 ) -> tuple[Int[Tensor, " n_new"], bool]:
-    """Greedy (argmax) continuation of ``tokens`` with the bridge and Hugging Face's KV cache.
+    """Deprecated: use :func:`shiftlens.generate.greedy` (the one greedy decoding).
 
-    Stops after ``max_new_tokens`` tokens or at a stop token (EOS; not included in the output).
-
-    Args:
-        model: A TransformerBridge.
-        tokens: The prompt token ids (BOS included when the model uses one).
-        max_new_tokens: Most tokens to generate.
-        stop_ids: Stop tokens (default: the tokenizer's and generation config's EOS ids).
-
-    Returns:
-        ``(new_tokens, stopped_at_eos)``; ``new_tokens`` on the CPU, EOS excluded.
+    Kept for code written against 0.1: returns ``(new_tokens, stopped_at_eos)`` with the stop
+    token excluded, computed by :func:`shiftlens.generate.greedy`.
 
     Example:
         >>> ids, eos = greedy_response(model, torch.tensor([0, 17, 42]), 8)  # doctest: +SKIP
     """
-    stops = set(_stop_ids(model) if stop_ids is None else stop_ids)
-    dev = _device(model)
-    out: list[int] = []
-    with torch.no_grad():
-        logits, cache = model(tokens[None].to(dev), return_type="logits_and_cache")
-        for step in range(max_new_tokens):
-            nxt = int(logits[0, -1].argmax())
-            if nxt in stops:
-                return torch.tensor(out, dtype=torch.long), True
-            out.append(nxt)
-            if step + 1 == max_new_tokens:
-                break
-            logits, cache = model(
-                torch.tensor([[nxt]], device=dev), return_type="logits_and_cache",
-                past_key_values=cache,
-            )
-    return torch.tensor(out, dtype=torch.long), False
+    warnings.warn("shiftlens.attribution.greedy_response is deprecated; use "
+                  "shiftlens.generate.greedy", DeprecationWarning, stacklevel=2)
+    g = greedy(model, tokens, max_new_tokens, stop_ids=stop_ids)
+    return g.tokens, g.stopped
 
 
 # ====================================================================== the attribution matrix
@@ -898,7 +864,8 @@ def attribute(
                 f"{label}: the prompt fills the context ({tp.n_prompt} of {n_ctx} tokens); no "
                 "room for a response"
             )
-        ids, eos = greedy_response(model, tp.tokens, room)
+        gen = greedy(model, tp.tokens, room)
+        ids, eos = gen.tokens, gen.stopped
         if ids.numel() == 0:
             raise ShiftlensError(
                 f"{label}: the model's greedy response is empty (it emits EOS first); nothing "

@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 
 from shiftlens.capture import run_hooks_batched
 from shiftlens.errors import ShiftlensError, ShiftlensWarning
+from shiftlens.generate import greedy, greedy_batch
 from shiftlens.io import load_bundle, save_bundle
 from shiftlens.pair import SHAPE_FIELDS
 from shiftlens.prompts import RESPONSE, SEGMENTS, InstructionPrompt, TokenizedPrompt
@@ -420,59 +421,18 @@ def greedy_response(
     max_new_tokens: int = 16,
     eos_token_id: int | None = None,
 ) -> Int[Tensor, " n_new"]:
-    """Greedy continuation of one prompt by one model (the EOS token, if reached, is kept).
+    """Deprecated: use :func:`shiftlens.generate.greedy` (the one greedy decoding).
 
-    Args:
-        model: A TransformerBridge.
-        tokens: Prompt token ids ``[pos]``.
-        max_new_tokens: Maximum number of generated tokens.
-        eos_token_id: Stop after generating this token (default: the tokenizer's EOS).
-
-    Returns:
-        The generated token ids (CPU, at least one).
+    Kept for code written against 0.1: the generated ids with the stop token kept
+    (``greedy(...).with_stop()``).
 
     Example:
         >>> ids = greedy_response(pair.tuned, pair.tokenize(prompt).tokens)  # doctest: +SKIP
     """
-    out = _greedy_batch(model, [tokens], max_new_tokens, eos_token_id, pad_id=0)
-    return out[0]
-
-
-def _greedy_batch(
-    model: Any,
-    prompts: Sequence[Tensor],
-    max_new_tokens: int,
-    eos_token_id: int | None,
-    pad_id: int,
-) -> list[Tensor]:
-    """Batched greedy decoding with right padding (no KV cache; short responses)."""
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ShiftlensError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-    if eos_token_id is None and getattr(model, "tokenizer", None) is not None:
-        eos_token_id = model.tokenizer.eos_token_id
-    n_ctx = int(getattr(model.cfg, "n_ctx", 10**9) or 10**9)
-    seqs = [p.detach().cpu().long().tolist() for p in prompts]
-    new: list[list[int]] = [[] for _ in prompts]
-    done = [False] * len(prompts)
-    dev = _device(model)
-    for _ in range(max_new_tokens):
-        active = [i for i, d in enumerate(done) if not d and len(seqs[i]) < n_ctx]
-        if not active:
-            break
-        lengths = [len(seqs[i]) for i in active]
-        toks = torch.full((len(active), max(lengths)), pad_id, dtype=torch.long)
-        for j, i in enumerate(active):
-            toks[j, : lengths[j]] = torch.tensor(seqs[i])
-        logits, _ = _forward(model, toks.to(dev))
-        assert logits is not None
-        last = logits[torch.arange(len(active)), torch.tensor(lengths) - 1]
-        nxt = last.argmax(-1).cpu().tolist()
-        for j, i in enumerate(active):
-            seqs[i].append(int(nxt[j]))
-            new[i].append(int(nxt[j]))
-            if eos_token_id is not None and nxt[j] == eos_token_id:
-                done[i] = True
-    return [torch.tensor(n, dtype=torch.long) for n in new]
+    warnings.warn("shiftlens.residual.greedy_response is deprecated; use "
+                  "shiftlens.generate.greedy", DeprecationWarning, stacklevel=2)
+    stops = None if eos_token_id is None else [eos_token_id]
+    return greedy(model, tokens, max_new_tokens, stop_ids=stops).with_stop()
 
 
 def response_logprob(
@@ -1511,8 +1471,9 @@ def patching(
         resp_ids: list[Tensor] = []
         for chunk in tqdm(_batches(len(prompts), batch_size), desc="greedy responses",
                           disable=not progress):
-            resp_ids += _greedy_batch(pair.tuned, [base_tps[i].tokens for i in chunk],
-                                      max_new_tokens, None, pad)
+            resp_ids += [g.with_stop() for g in greedy_batch(
+                pair.tuned, [base_tps[i].tokens for i in chunk], max_new_tokens,
+                batch_size=len(chunk))]
     elif isinstance(response, str) and response == "reference":
         resp_ids = []
         for p in prompts:

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from shiftlens.generate import greedy_batch
 from shiftlens.pair import ModelPair
 from shiftlens.prompts import InstructionPrompt
 from shiftlens.zoo import grammar
@@ -83,30 +84,13 @@ def generate(
         >>> tok.decode(ids[0])  # doctest: +SKIP
         ' two'
     """
-    hf = _hf(model)
     eos = tokenizer.eos_token_id
     enc = tokenizer(list(texts)).input_ids
-    groups: dict[int, list[int]] = defaultdict(list)
-    for i, ids in enumerate(enc):
-        groups[len(ids)].append(i)
-    out: list[list[int]] = [[] for _ in texts]
-    for _, idx in sorted(groups.items()):
-        inp = torch.tensor([enc[i] for i in idx], dtype=torch.long, device=hf.device)
-        gen = hf.generate(
-            input_ids=inp,
-            attention_mask=torch.ones_like(inp),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=eos,
-            pad_token_id=tokenizer.pad_token_id,
-        )[:, inp.shape[1] :].tolist()
-        for i, row in zip(idx, gen):
-            if eos in row:
-                row = row[: row.index(eos)]
-            else:
-                row = [t for t in row if t != tokenizer.pad_token_id]
-            out[i] = row
-    return out
+    gens = greedy_batch(
+        model, [torch.tensor(ids, dtype=torch.long) for ids in enc], max_new_tokens,
+        stop_ids=[] if eos is None else [eos], batch_size=64,
+    )
+    return [g.tokens.tolist() for g in gens]
 
 
 def task_accuracy(
