@@ -35,6 +35,8 @@ __all__ = [
     "load_prompts",
     "save_prompts",
     "tokenize_prompt",
+    "selfcheck",
+    "instruction_sensitivity",
 ]
 
 
@@ -43,4 +45,8 @@ def __getattr__(name: str):  # lazy access to lens-level entry points
         from shiftlens.attribution import instruction_sensitivity
 
         return instruction_sensitivity
+    if name == "selfcheck":
+        from shiftlens.instrument import selfcheck
+
+        return selfcheck
     raise AttributeError(f"module 'shiftlens' has no attribute {name!r}")

@@ -5,7 +5,8 @@ Commands: ``demo`` (the embedded pair -> report), ``report``/``compare`` (any pa
 W_out principal components in words), ``lenses`` (which lenses are available).
 
 Exit codes: 0 ok; 1 an internal failure (a bug, or the report was written but a lens failed);
-2 bad input (one line on stderr, no traceback unless ``--debug``).
+2 bad input (one line on stderr, no traceback unless ``--debug``); 3 the instrument failed its
+self-check (:func:`shiftlens.selfcheck`) and nothing was measured.
 """
 
 from __future__ import annotations
@@ -163,13 +164,24 @@ def _run_report(args: argparse.Namespace, pair: Any, prompts: list[Any], title: 
                 limits: dict[str, int | None] | None = None) -> int:
     from shiftlens.report import build_report, resolve_lenses
 
+    from shiftlens.instrument import SelfCheck, selfcheck
+
     lenses = resolve_lenses(args.lenses)
     command = "shiftlens " + " ".join(shlex.quote(a) for a in args._argv)
     t0 = time.perf_counter()
+    if args.skip_checks:
+        check = SelfCheck.skipped_on_request()
+        print("shiftlens: warning: self-check skipped (--skip-checks); the report says so",
+              file=sys.stderr)
+    else:
+        check = selfcheck(pair)
+        check.raise_if_failed()
+        print(check.message(), file=sys.stderr)
     rep = build_report(
         pair, prompts, args.out, lenses=lenses, max_prompts=args.max_prompts,
         limits={**(limits or {}), **_limits(args.lens_prompts)}, title=title, seed=args.seed,
         progress=not args.no_progress, debug=args.debug, command=command, options=options,
+        selfcheck=check,
     )
     dt = time.perf_counter() - t0
     print(f"\n{pair}")
@@ -346,6 +358,10 @@ def _run_options(p: argparse.ArgumentParser, default_out: str) -> None:
                         "residual [16], patching [8]; 0 = no cap); repeatable")
     p.add_argument("--seed", type=int, default=0, help="seed for bootstraps and solvers (0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--skip-checks", action="store_true",
+                   help="measure even if the instrument's self-check would fail (decoding with "
+                        "and without the KV cache, the embedded pair's manifest); recorded in "
+                        "the report")
 
 
 def _model_options(p: argparse.ArgumentParser, threads: int | None = None) -> None:
@@ -375,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Start with 'shiftlens demo --out shiftlens-demo' (offline, a few minutes on a "
                "laptop CPU). Models are local Hugging Face directories, .gguf files, hub ids "
                "(set HF_HUB_OFFLINE=1 to stay offline) or toy:base / toy:tuned (the embedded "
-               "pair). Exit codes: 0 ok, 1 internal failure, 2 bad input.",
+               "pair). Exit codes: 0 ok, 1 internal failure, 2 bad input, 3 self-check failed "
+               "(nothing measured).",
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--version", action="store_true", help="print the version and exit")
@@ -487,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from shiftlens.errors import ShiftlensError
+    from shiftlens.errors import SelfCheckError, ShiftlensError
 
     try:
         if args.func != "lenses":
@@ -497,6 +514,11 @@ def main(argv: list[str] | None = None) -> int:
 
             torch.set_num_threads(args.threads)
         return int(globals()[f"cmd_{args.func}"](args))
+    except SelfCheckError as e:
+        if args.debug:
+            raise
+        print(f"shiftlens: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 3
     except ShiftlensError as e:
         if args.debug:
             raise

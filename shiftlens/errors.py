@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ShiftlensError", "ShiftlensWarning"]
+__all__ = ["ShiftlensError", "ShiftlensWarning", "SelfCheckError"]
 
 
 class ShiftlensError(ValueError):
@@ -21,3 +21,14 @@ class ShiftlensError(ValueError):
 
 class ShiftlensWarning(UserWarning):
     """A result that is still usable but should be read with care (e.g. identical weights)."""
+
+
+class SelfCheckError(ShiftlensError):
+    """The instrument failed its self-check (:func:`shiftlens.selfcheck`): nothing was measured.
+
+    The CLI exits with code 3 on it.
+
+    Example:
+        >>> issubclass(SelfCheckError, ShiftlensError)
+        True
+    """

@@ -54,3 +54,28 @@ def llama_pair(tiny_dirs) -> ModelPair:
     """A fresh tiny Llama (grouped-query attention) pair."""
     base, tuned = tiny_dirs("llama")
     return ModelPair.from_pretrained(base, tuned)
+
+
+@pytest.fixture(scope="session")
+def toy() -> ModelPair:
+    """The embedded toy pair, loaded once per session (read-only: do not modify its weights)."""
+    from shiftlens.zoo import toy_pair
+
+    return toy_pair()
+
+
+@pytest.fixture
+def unchecked():
+    """Runtime shape/type checking off for one test: what a user (no jaxtyping hook) sees.
+
+    Bad-input tests use it: with checking on, jaxtyping rejects a wrongly typed argument before
+    shiftlens' own validation can name it in a ShiftlensError.
+    """
+    import jaxtyping
+
+    old = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", old)

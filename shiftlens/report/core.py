@@ -446,6 +446,7 @@ def build_report(
     debug: bool = False,
     command: str | None = None,
     options: Mapping[str, Any] | None = None,
+    selfcheck: Any = "run",
 ) -> Report:
     """Run the chosen lenses on ``pair`` and ``prompts`` and write the report into ``out``.
 
@@ -466,6 +467,11 @@ def build_report(
         command: The command line that made the report (shown in the footer).
         options: Extra lens options (e.g. ``{"concept_k": 32}``; see
             :mod:`shiftlens.report.lenses`).
+        selfcheck: ``"run"`` (default): check the instrument first with
+            :func:`shiftlens.selfcheck` and refuse (:class:`~shiftlens.errors.SelfCheckError`) on
+            a failed check; ``"skip"``: measure unchecked, recorded in the report; or a
+            :class:`shiftlens.instrument.SelfCheck` already run. Its record goes into
+            ``metrics.json`` (``"selfcheck"``) and the page's header.
 
     Returns:
         The :class:`Report`.
@@ -497,6 +503,18 @@ def build_report(
         if v is not None and (not isinstance(v, int) or v < 0):
             raise ShiftlensError(f"prompt cap for {k!r} must be an integer >= 0, got {v!r}")
         lim[k] = v or None
+    from shiftlens.instrument import SelfCheck
+    from shiftlens.instrument import selfcheck as run_selfcheck
+
+    if isinstance(selfcheck, str) and selfcheck == "run":
+        check = run_selfcheck(pair)
+    elif isinstance(selfcheck, str) and selfcheck == "skip":
+        check = SelfCheck.skipped_on_request()
+    elif isinstance(selfcheck, SelfCheck):
+        check = selfcheck
+    else:
+        raise ShiftlensError(f"selfcheck must be 'run', 'skip' or a SelfCheck, got {selfcheck!r}")
+    check.raise_if_failed()
     n_all = len(prompts)
     prompts = select_prompts(prompts, max_prompts)
     out = Path(out)
@@ -531,6 +549,7 @@ def build_report(
         sections.append(sec)
     total = time.perf_counter() - t_start
     metrics = _metrics(pair, prompts, n_all, sections, ctx, total, seed, command)
+    metrics["selfcheck"] = check.to_dict()
     metrics_path = out / "metrics.json"
     metrics_path.write_text(json.dumps(_jsonable(metrics), indent=1, ensure_ascii=False,
                                        allow_nan=False))
@@ -618,6 +637,14 @@ def _render(pair: Any, prompts: list[InstructionPrompt], n_all: int, sections: l
         "<i>From Language Modeling to Instruction Following: Understanding the Behavior Shift in "
         "LLMs after Instruction Tuning</i> (NAACL).</p>"
     )
+    sc = metrics.get("selfcheck") or {}
+    if sc.get("skipped"):
+        body.append('<div class="sl-error">The instrument self-check was skipped on request '
+                    "(--skip-checks): decoding and the models were not verified before measuring."
+                    "</div>")
+    elif sc.get("checks"):
+        body.append('<p class="sl-muted">Self-check passed before measuring: ' + e("; ".join(
+            c["detail"] for c in sc["checks"] if not c["name"].startswith("kv_cache/"))) + ".</p>")
     heads = [f for s in sections for f in s.findings if f.headline]
     body.append("<h2>Key findings</h2>")
     if heads:
