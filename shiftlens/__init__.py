@@ -9,8 +9,7 @@ Instruction Tuning", NAACL 2024), plus residual-stream diffing and cross-model p
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from shiftlens._version import __version__
 from shiftlens.capture import PairCache
 from shiftlens.errors import ShiftlensError, ShiftlensWarning
 from shiftlens.pair import ModelPair
@@ -36,6 +35,7 @@ __all__ = [
     "save_prompts",
     "tokenize_prompt",
     "selfcheck",
+    "load",
     "instruction_sensitivity",
 ]
 
@@ -45,6 +45,10 @@ def __getattr__(name: str):  # lazy access to lens-level entry points
         from shiftlens.attribution import instruction_sensitivity
 
         return instruction_sensitivity
+    if name == "load":
+        from shiftlens.lenses import load
+
+        return load
     if name == "selfcheck":
         from shiftlens.instrument import selfcheck
 

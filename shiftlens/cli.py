@@ -162,9 +162,8 @@ def _print_lenses() -> int:
 def _run_report(args: argparse.Namespace, pair: Any, prompts: list[Any], title: str,
                 options: dict[str, Any] | None = None,
                 limits: dict[str, int | None] | None = None) -> int:
-    from shiftlens.report import build_report, resolve_lenses
-
     from shiftlens.instrument import SelfCheck, selfcheck
+    from shiftlens.report import build_report, resolve_lenses
 
     lenses = resolve_lenses(args.lenses)
     command = "shiftlens " + " ".join(shlex.quote(a) for a in args._argv)
@@ -481,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
 
     Example:
         >>> main(["--version"])  # doctest: +SKIP
-        0.1.0
+        0.2.0.dev0
         0
     """
     os.environ.setdefault("MPLBACKEND", "Agg")

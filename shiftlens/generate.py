@@ -54,6 +54,7 @@ __all__ = [
     "cache_status",
     "greedy",
     "greedy_batch",
+    "installed_versions",
     "stop_token_ids",
 ]
 
@@ -486,16 +487,32 @@ def _first_disagreement(model: Any, prompts: list[Tensor], rows: list[list[int]]
     return out
 
 
-def _versions() -> str:
+def installed_versions() -> dict[str, str]:
+    """Installed versions of torch, transformers, transformer-lens and shiftlens.
+
+    Recorded in every self-check, every Result's ``meta`` and every decoding warning.
+
+    Example:
+        >>> sorted(installed_versions())
+        ['shiftlens', 'torch', 'transformer-lens', 'transformers']
+    """
     from importlib.metadata import PackageNotFoundError, version
 
-    parts = []
+    from shiftlens._version import __version__
+
+    out = {}
     for pkg in ("torch", "transformers", "transformer-lens"):
         try:
-            parts.append(f"{pkg} {version(pkg)}")
+            out[pkg] = version(pkg)
         except PackageNotFoundError:  # pragma: no cover
-            parts.append(f"{pkg} (not installed)")
-    return ", ".join(parts)
+            out[pkg] = "not installed"
+    out["shiftlens"] = __version__
+    return out
+
+
+def _versions() -> str:
+    v = installed_versions()
+    return ", ".join(f"{k} {v[k]}" for k in ("torch", "transformers", "transformer-lens"))
 
 
 def _cached_verified(model: Any, prompts: list[Tensor], n_new: int, stops: frozenset[int]

@@ -31,8 +31,9 @@ from jaxtyping import Int
 from torch import Tensor
 
 from shiftlens.errors import SelfCheckError, ShiftlensError
+from shiftlens.generate import installed_versions
 
-__all__ = ["Check", "SelfCheck", "selfcheck", "installed_versions", "is_embedded_pair"]
+__all__ = ["Check", "SelfCheck", "selfcheck", "is_embedded_pair"]
 
 #: Held-out prompts per task of the embedded pair's manifest check (7 tasks -> 28 prompts).
 MANIFEST_PROMPTS_PER_TASK = 4
@@ -143,27 +144,6 @@ class SelfCheck:
     def __repr__(self) -> str:
         state = "skipped" if self.skipped else ("passed" if self.passed else "FAILED")
         return f"SelfCheck({state}, {len(self.checks)} checks)"
-
-
-def installed_versions() -> dict[str, str]:
-    """Installed versions of torch, transformers, transformer-lens and shiftlens.
-
-    Example:
-        >>> sorted(installed_versions())
-        ['shiftlens', 'torch', 'transformer-lens', 'transformers']
-    """
-    from importlib.metadata import PackageNotFoundError, version
-
-    import shiftlens
-
-    out = {}
-    for pkg in ("torch", "transformers", "transformer-lens"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:  # pragma: no cover
-            out[pkg] = "not installed"
-    out["shiftlens"] = shiftlens.__version__
-    return out
 
 
 def _source_dir(model: Any) -> Path | None:

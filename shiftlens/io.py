@@ -438,7 +438,16 @@ def write_parquet(path: str | Path, frame: pd.DataFrame) -> dict[str, Any]:
         >>> write_parquet("f.parquet", pd.DataFrame({"x": [1]}))  # doctest: +SKIP
         {'rows': 1, 'columns': ['x']}
     """
-    frame.to_parquet(path, index=False)
+    try:
+        frame.to_parquet(path, index=None)
+    except (ValueError, TypeError, ImportError, OverflowError) as e:
+        raise ShiftlensError(f"cannot save table {Path(path).name!r}: {type(e).__name__}: {e}"
+                             ) from e
+    except Exception as e:  # noqa: BLE001 - pyarrow's own error types
+        if type(e).__module__.startswith("pyarrow"):
+            raise ShiftlensError(f"cannot save table {Path(path).name!r}: {type(e).__name__}: "
+                                 f"{e}") from e
+        raise
     return {"rows": len(frame), "columns": [str(c) for c in frame.columns]}
 
 

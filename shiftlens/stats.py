@@ -5,9 +5,10 @@ One place for the tests so that every Result states its numbers the same way.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -17,6 +18,7 @@ from shiftlens.errors import ShiftlensError
 
 __all__ = [
     "TestResult", "welch_test", "paired_test", "bootstrap_ci", "layer_groups", "p_adjust",
+    "change_sentence", "fmt_number", "digits_for",
 ]
 
 Alternative = Literal["two-sided", "greater", "less"]
@@ -235,3 +237,80 @@ def p_adjust(
     res[order] = np.minimum(adj, 1.0)
     out[ok] = res
     return out
+
+
+# ============================================================================ sentences
+def fmt_number(x: Any, spec: str = ".3g") -> str:
+    """``x`` formatted with ``spec``; ``"n/a"`` for NaN/inf or non-numbers.
+
+    Example:
+        >>> fmt_number(0.123456), fmt_number(float("nan"))
+        ('0.123', 'n/a')
+    """
+    try:
+        xf = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    return format(xf, spec) if math.isfinite(xf) else "n/a"
+
+
+def digits_for(a: float, b: float, fmt: str | None) -> str:
+    """The format spec: ``fmt`` if given, else 3 decimals, more until ``a`` and ``b`` differ.
+
+    Example:
+        >>> digits_for(0.1234, 0.1236, None)
+        '.4f'
+    """
+    if fmt:
+        return fmt
+    for d in range(3, 8):
+        if format(a, f".{d}f") != format(b, f".{d}f") or a == b:
+            return f".{d}f"
+    return ".3e"
+
+
+def change_sentence(
+    what: str,
+    base: float,
+    tuned: float,
+    *,
+    p: float | None = None,
+    test: str = "",
+    ci: Sequence[float] | None = None,
+    n: int | None = None,
+    fmt: str | None = None,
+    unit: str = "",
+    alpha: float = 0.05,
+) -> str:
+    """"<What> rose from X (base) to Y (tuned) (difference, 95% CI, test p, n; significance)".
+
+    Numbers get 3 decimals, more when the two values would otherwise print the same.
+
+    Example:
+        >>> change_sentence("instruction score", 0.2, 0.5, p=0.001, test="paired t-test", n=12)
+        'Instruction score rose from 0.200 (base) to 0.500 (tuned) (difference +0.300, paired t-test p = 0.001, n = 12; significant at 0.05).'
+    """
+    b, t = float(base), float(tuned)
+    finite = math.isfinite(b) and math.isfinite(t)
+    fmt = digits_for(b, t, fmt) if finite else (fmt or ".3f")
+    if not finite:
+        verb = "could not be compared:"
+    elif t > b:
+        verb = "rose"
+    elif t < b:
+        verb = "fell"
+    else:
+        verb = "did not change:"
+    extra = [f"difference {t - b:+{fmt}}{unit}"] if finite else []
+    if ci is not None and len(ci) == 2 and all(math.isfinite(float(c)) for c in ci):
+        extra.append(f"95% CI [{float(ci[0]):{fmt}}, {float(ci[1]):{fmt}}]")
+    if p is not None:
+        extra.append(f"{test + ' ' if test else ''}p = {fmt_number(p, '.3g')}")
+    if n is not None:
+        extra.append(f"n = {n}")
+    tail = ""
+    if p is not None and math.isfinite(float(p)):
+        tail = f"; {'significant' if float(p) < alpha else 'not significant'} at {alpha:g}"
+    s = (f"{what[:1].upper()}{what[1:]} {verb} from {fmt_number(b, fmt)}{unit} (base) to "
+         f"{fmt_number(t, fmt)}{unit} (tuned)")
+    return s + (f" ({', '.join(extra)}{tail})." if extra else ".")

@@ -136,7 +136,7 @@ def test_lenses_says_which_are_available(capsys, monkeypatch):
     assert rc == 0
     assert re.search(r"^attention\s+available", out, flags=re.M)
     assert re.search(r"^residual\s+NOT AVAILABLE", out, flags=re.M)
-    assert "shiftlens.residual cannot be imported" in out
+    assert "shiftlens.residual:similarity cannot be imported" in out
 
 
 def test_concepts_prints_the_lens_words(capsys, tiny_dirs, tmp_path):

@@ -79,7 +79,7 @@ def test_available_lenses_reports_missing_modules_and_functions(monkeypatch):
     monkeypatch.delattr(ffn, "rotation")
     av = available_lenses()
     assert av["residual"][0] is False and "cannot be imported" in av["residual"][1]
-    assert av["ffn"] == (False, "shiftlens.ffn does not define rotation yet")
+    assert av["ffn"][0] is False and "shiftlens.ffn:rotation cannot be imported" in av["ffn"][1]
 
 
 def test_build_report_rejects_bad_input(llama_pair, tmp_path):
@@ -115,7 +115,7 @@ def test_report_skips_missing_lens_reports_failed_lens_and_writes_files(llama_pa
     assert st == {"attention": "failed", "ffn": "ok", "residual": "skipped"}
     assert rep.failed == ["attention"]
     html = rep.html_path.read_text()
-    assert "Lens not available: shiftlens.residual cannot be imported" in html
+    assert "Lens not available: shiftlens.residual:similarity cannot be imported" in html
     assert "boom in instruction_attention" in html
     assert (tmp_path / "r" / "errors" / "attention.txt").read_text().count("Traceback") == 1
 

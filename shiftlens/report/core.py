@@ -19,13 +19,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import html as _html
-import importlib
 import json
-import math
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +32,17 @@ import pandas as pd
 
 from shiftlens.errors import ShiftlensError
 from shiftlens.io import to_jsonable
+from shiftlens.lenses.registry import (
+    Finding,
+    LensSpec,
+    Section,
+    available_lenses,
+    registered_lenses,
+)
 from shiftlens.prompts import InstructionPrompt
+from shiftlens.stats import change_sentence
 from shiftlens.viz.figures import figure_html, label_models, pyplot, save_figure
-from shiftlens.viz.html import Visualization, circuitsvis_js, page
+from shiftlens.viz.html import circuitsvis_js, page
 
 __all__ = [
     "LensSpec",
@@ -52,55 +58,16 @@ __all__ = [
     "change_sentence",
 ]
 
-#: Default prompt caps per lens (the expensive ones); 0 or None = no cap. ``max_prompts``
-#: caps the whole set first.
-DEFAULT_LIMITS: dict[str, int | None] = {
-    "attribution": 12,
-    "attention": 64,
-    "ffn": None,  # weight-based: no prompts
-    "residual": 16,
-    "patching": 8,
-}
+class _Limits(Mapping):
+    """Default prompt caps per lens key, gathered from the registered lenses' ``limits``."""
 
+    def _t(self) -> dict[str, int | None]:
+        out: dict[str, int | None] = {}
+        for spec in registered_lenses().values():
+            out.update(spec.limits)
+        return out
 
-@dataclass(frozen=True)
-class LensSpec:
-    """A lens the report can run.
-
-    Attributes:
-        name: Key used by ``--lenses``.
-        title: Section heading.
-        module: The module that implements it.
-        requires: Names the module must define for the lens to be available.
-        run: ``run(ctx, section)`` fills a :class:`Section` (see :mod:`shiftlens.report.lenses`).
-        about: One paragraph: what the lens computes.
-
-    Example:
-        >>> LENSES["attention"].module
-        'shiftlens.attention'
-    """
-
-    name: str
-    title: str
-    module: str
-    requires: tuple[str, ...]
-    run: Callable[[Any, Any], None]
-    about: str
-
-
-def _lens_table() -> dict[str, LensSpec]:
-    from shiftlens.report import lenses as L
-
-    return {s.name: s for s in L.SPECS}
-
-
-class _Lenses(Mapping):
-    """Lazy mapping name -> LensSpec (the runners import nothing heavy until run)."""
-
-    def _t(self) -> dict[str, LensSpec]:
-        return _lens_table()
-
-    def __getitem__(self, k: str) -> LensSpec:
+    def __getitem__(self, k: str) -> int | None:
         return self._t()[k]
 
     def __iter__(self):
@@ -110,33 +77,27 @@ class _Lenses(Mapping):
         return len(self._t())
 
 
-#: The lenses the report knows, in report order: attribution, attention, ffn, residual.
+#: Default prompt caps per lens key (the expensive lenses), from each lens's
+#: :attr:`~shiftlens.lenses.LensSpec.limits`; 0 or None = no cap. ``max_prompts`` caps the
+#: whole set first.
+DEFAULT_LIMITS: Mapping[str, int | None] = _Limits()
+
+
+class _Lenses(Mapping):
+    """Live mapping name -> :class:`~shiftlens.lenses.LensSpec` (the lens registry)."""
+
+    def __getitem__(self, k: str) -> LensSpec:
+        return registered_lenses()[k]
+
+    def __iter__(self):
+        return iter(registered_lenses())
+
+    def __len__(self) -> int:
+        return len(registered_lenses())
+
+
+#: The registered lenses in report order (:func:`shiftlens.lenses.register_lens` adds more).
 LENSES: Mapping[str, LensSpec] = _Lenses()
-
-
-def available_lenses() -> dict[str, tuple[bool, str]]:
-    """Which lenses can run now: ``{name: (available, reason)}``.
-
-    A lens is available when its module imports and defines every required function.
-
-    Example:
-        >>> av = available_lenses()
-        >>> sorted(av) == sorted(LENSES)
-        True
-    """
-    out: dict[str, tuple[bool, str]] = {}
-    for name, spec in LENSES.items():
-        try:
-            mod = importlib.import_module(spec.module)
-        except Exception as e:  # noqa: BLE001 - any import failure means "not available"
-            out[name] = (False, f"{spec.module} cannot be imported ({type(e).__name__}: {e})")
-            continue
-        missing = [r for r in spec.requires if not hasattr(mod, r)]
-        if missing:
-            out[name] = (False, f"{spec.module} does not define {', '.join(missing)} yet")
-        else:
-            out[name] = (True, "available")
-    return out
 
 
 def resolve_lenses(lenses: str | Sequence[str] | None) -> list[str]:
@@ -189,134 +150,6 @@ def select_prompts(prompts: Sequence[InstructionPrompt], n: int | None) -> list[
     return [p for p in prompts if id(p) in keep]
 
 
-def _fmt(x: Any, spec: str = ".3g") -> str:
-    try:
-        xf = float(x)
-    except (TypeError, ValueError):
-        return str(x)
-    return format(xf, spec) if math.isfinite(xf) else "n/a"
-
-
-def _digits(a: float, b: float, fmt: str | None) -> str:
-    """The format spec: ``fmt`` if given, else 3 decimals, more until ``a`` and ``b`` differ."""
-    if fmt:
-        return fmt
-    for d in range(3, 8):
-        if format(a, f".{d}f") != format(b, f".{d}f") or a == b:
-            return f".{d}f"
-    return ".3e"
-
-
-def change_sentence(
-    what: str,
-    base: float,
-    tuned: float,
-    *,
-    p: float | None = None,
-    test: str = "",
-    ci: Sequence[float] | None = None,
-    n: int | None = None,
-    fmt: str | None = None,
-    unit: str = "",
-    alpha: float = 0.05,
-) -> str:
-    """"<What> rose from X (base) to Y (tuned) (difference, 95% CI, test p, n; significance)".
-
-    Numbers get 3 decimals, more when the two values would otherwise print the same.
-
-    Example:
-        >>> change_sentence("instruction score", 0.2, 0.5, p=0.001, test="paired t-test", n=12)
-        'Instruction score rose from 0.200 (base) to 0.500 (tuned) (difference +0.300, paired t-test p = 0.001, n = 12; significant at 0.05).'
-    """
-    b, t = float(base), float(tuned)
-    finite = math.isfinite(b) and math.isfinite(t)
-    fmt = _digits(b, t, fmt) if finite else (fmt or ".3f")
-    if not finite:
-        verb = "could not be compared:"
-    elif t > b:
-        verb = "rose"
-    elif t < b:
-        verb = "fell"
-    else:
-        verb = "did not change:"
-    extra = [f"difference {t - b:+{fmt}}{unit}"] if finite else []
-    if ci is not None and len(ci) == 2 and all(math.isfinite(float(c)) for c in ci):
-        extra.append(f"95% CI [{float(ci[0]):{fmt}}, {float(ci[1]):{fmt}}]")
-    if p is not None:
-        extra.append(f"{test + ' ' if test else ''}p = {_fmt(p, '.3g')}")
-    if n is not None:
-        extra.append(f"n = {n}")
-    tail = ""
-    if p is not None and math.isfinite(float(p)):
-        tail = f"; {'significant' if float(p) < alpha else 'not significant'} at {alpha:g}"
-    s = (f"{what[:1].upper()}{what[1:]} {verb} from {_fmt(b, fmt)}{unit} (base) to "
-         f"{_fmt(t, fmt)}{unit} (tuned)")
-    return s + (f" ({', '.join(extra)}{tail})." if extra else ".")
-
-
-@dataclass
-class Finding:
-    """One statement of the report, with the figure that shows it.
-
-    Attributes:
-        text: The statement in words, with its numbers and statistics.
-        figure: HTML of the figure beside it ("" for none).
-        key: The short version listed under "Key findings" at the top ("" = not listed).
-        files: Figure files written (PNG/SVG).
-        wide: Lay the figure out below the text at full width (wide figures).
-
-    Example:
-        >>> Finding("Score rose from 0.2 to 0.5 (p = 0.01).", key="Score rose.").headline
-        True
-    """
-
-    text: str
-    figure: str = ""
-    key: str = ""
-    files: list[str] = field(default_factory=list)
-    wide: bool = False
-
-    @property
-    def headline(self) -> bool:
-        """Whether the finding is listed under "Key findings"."""
-        return bool(self.key)
-
-
-@dataclass
-class Section:
-    """One lens's part of the report.
-
-    Attributes:
-        name, title, about: The lens.
-        status: ``"ok"``, ``"partial"`` (some analyses failed), ``"failed"`` or ``"skipped"``.
-        note: Why it was skipped / what was limited.
-        findings: The statements with figures.
-        views: circuitsvis visualizations.
-        tables: CSV files written (relative paths).
-        summaries: Each Result's ``summary()`` (for metrics.json).
-        errors: Error messages of failed analyses.
-        n_prompts: Prompts used per analysis.
-        seconds: Wall time.
-
-    Example:
-        >>> Section("ffn", "Feed-forward concepts").status
-        'ok'
-    """
-
-    name: str
-    title: str
-    about: str = ""
-    status: str = "ok"
-    note: str = ""
-    findings: list[Finding] = field(default_factory=list)
-    views: list[Visualization] = field(default_factory=list)
-    tables: list[str] = field(default_factory=list)
-    summaries: dict[str, Any] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
-    n_prompts: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
-
-
 @dataclass
 class _Context:
     """What a lens runner gets (see :mod:`shiftlens.report.lenses`)."""
@@ -362,6 +195,20 @@ class _Context:
         rel = str(p.relative_to(self.out))
         sec.tables.append(rel)
         return rel
+
+    def attempt(self, sec: Section, what: str, fn: Any) -> Any:
+        """Run one analysis of a section; on failure record the error and go on (unless debug)."""
+        import warnings
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # lens warnings are reported by the findings
+                return fn()
+        except Exception as e:  # noqa: BLE001 - the other analyses still run
+            if self.debug:
+                raise
+            sec.errors.append(f"{what}: {type(e).__name__}: {e}")
+            return None
 
     def save_result(self, result: Any, name: str) -> None:
         try:
@@ -536,7 +383,7 @@ def build_report(
             continue
         t0 = time.perf_counter()
         try:
-            spec.run(ctx, sec)
+            spec.run_section()(ctx, sec)
         except Exception as e:  # noqa: BLE001 - one lens failing must not lose the others
             if debug:
                 raise

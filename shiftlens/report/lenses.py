@@ -22,9 +22,11 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from shiftlens.report.core import LensSpec, Section, _digits, change_sentence
+from shiftlens.lenses.registry import Section
+from shiftlens.stats import change_sentence
+from shiftlens.stats import digits_for as _digits
 
-__all__ = ["SPECS"]
+__all__: list[str] = []
 
 
 def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -346,36 +348,3 @@ def _run_residual(ctx: Any, sec: Section) -> None:
     _try(ctx, sec, "similarity", sim)
     _try(ctx, sec, "output shift", kl)
     _try(ctx, sec, "patching", patch)
-
-
-SPECS: tuple[LensSpec, ...] = (
-    LensSpec(
-        "attribution", "Attribution: does the response rest on the instruction?",
-        "shiftlens.attribution", ("instruction_sensitivity", "attribute"), _run_attribution,
-        "Gradient input->output attribution of each model's response, sparsified into the "
-        "importance density of every prompt token; the instruction score sums the density of "
-        "the instruction tokens (Wu et al. 2024, §3).",
-    ),
-    LensSpec(
-        "attention", "Attention: do heads read the instruction more?", "shiftlens.attention",
-        ("instruction_attention",), _run_attention,
-        "Attention mass that response tokens put on the instruction, context and template, per "
-        "layer and head, base vs tuned with a paired test per head; and the word pairs the "
-        "heads' Q/K weights encode (Wu et al. 2024, §4).",
-    ),
-    LensSpec(
-        "ffn", "Feed-forward concepts: did the MLP knowledge rotate?", "shiftlens.ffn",
-        ("concept_shift", "rotation"), _run_ffn,
-        "PCA of each layer's MLP output weights W_out, each component read as its top words "
-        "and annotated with a user task and linguistic level (Wu et al. 2024, §5); rotation of "
-        "the principal subspace from base to tuned as principal angles.",
-    ),
-    LensSpec(
-        "residual", "Residual stream: where in depth does the shift live?", "shiftlens.residual",
-        ("similarity", "output_shift", "patching"), _run_residual,
-        "Cosine similarity of the two residual streams on identical tokens per layer and "
-        "segment, KL(tuned || base) of the next-token distributions at the output and through "
-        "the logit lens, and cross-model activation patching (not in Wu et al.).",
-    ),
-)
-

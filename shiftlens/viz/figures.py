@@ -8,13 +8,8 @@ names (:func:`lens_figure`); the figures no lens draws are built here from the R
 
 from __future__ import annotations
 
-import base64
-import io
-import os
-import re
 import warnings
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +17,15 @@ import pandas as pd
 
 from shiftlens.errors import ShiftlensError
 from shiftlens.stats import bootstrap_ci, paired_test, welch_test
+from shiftlens.viz.style import (  # noqa: F401 - the one implementation, re-exported
+    BASE_COLOR,
+    FORMATS,
+    TUNED_COLOR,
+    figure_html,
+    label_models,
+    pyplot,
+    save_figure,
+)
 
 __all__ = [
     "pyplot",
@@ -36,108 +40,6 @@ __all__ = [
     "similarity_figure",
     "FORMATS",
 ]
-
-#: File formats :func:`save_figure` writes by default.
-FORMATS: tuple[str, ...] = ("png", "svg")
-BASE_COLOR, TUNED_COLOR = "#8a8f98", "#1f6feb"
-
-
-def pyplot() -> Any:
-    """``matplotlib.pyplot``, with the Agg backend when there is no display.
-
-    Example:
-        >>> plt = pyplot()
-        >>> fig = plt.figure(); plt.close(fig)
-    """
-    import matplotlib
-
-    if not (os.environ.get("DISPLAY") or os.environ.get("MPLBACKEND")):
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(
-    fig: Any, stem: str | Path, formats: Sequence[str] = FORMATS, *, dpi: int = 120
-) -> list[Path]:
-    """Save a figure as ``stem.png``, ``stem.svg`` (... one file per format).
-
-    Args:
-        fig: A matplotlib figure.
-        stem: Path without suffix (directories are created).
-        formats: Any of ``png``, ``svg``, ``pdf``.
-        dpi: Resolution of raster formats.
-
-    Returns:
-        The written paths.
-
-    Example:
-        >>> paths = save_figure(fig, "out/figures/attention")  # doctest: +SKIP
-        >>> [p.suffix for p in paths]  # doctest: +SKIP
-        ['.png', '.svg']
-    """
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    out = []
-    for fmt in formats:
-        if fmt not in ("png", "svg", "pdf"):
-            raise ShiftlensError(f"unknown figure format {fmt!r}; choose png, svg or pdf")
-        p = stem.with_name(stem.name + "." + fmt)
-        fig.savefig(p, dpi=dpi, bbox_inches="tight", metadata=_metadata(fmt))
-        out.append(p)
-    return out
-
-
-def _metadata(fmt: str) -> dict[str, Any] | None:
-    # reproducible files: no creation date in SVG/PDF
-    if fmt == "svg":
-        return {"Date": None}
-    if fmt == "pdf":
-        return {"CreationDate": None}
-    return None
-
-
-def figure_html(fig: Any, fmt: str = "png", *, alt: str = "", dpi: int = 110) -> str:
-    """A figure as self-contained HTML: a base64 PNG ``<img>`` or an inline ``<svg>``.
-
-    Example:
-        >>> plt = pyplot(); fig, ax = plt.subplots(); _ = ax.plot([0, 1])
-        >>> figure_html(fig).startswith('<img class="sl-fig" src="data:image/png;base64,')
-        True
-        >>> figure_html(fig, "svg").startswith("<svg")
-        True
-    """
-    buf = io.BytesIO()
-    if fmt == "png":
-        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-        b64 = base64.b64encode(buf.getvalue()).decode("ascii")
-        from html import escape
-
-        return (f'<img class="sl-fig" src="data:image/png;base64,{b64}" alt="{escape(alt)}" '
-                'style="max-width:100%;height:auto">')
-    if fmt == "svg":
-        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
-        svg = buf.getvalue().decode("utf-8")
-        svg = svg[svg.index("<svg"):]  # drop the XML prolog and doctype
-        return re.sub(r"<svg ", '<svg style="max-width:100%;height:auto" ', svg, count=1)
-    raise ShiftlensError(f"figure_html: format must be 'png' or 'svg', got {fmt!r}")
-
-
-def label_models(fig: Any, names: Mapping[str, str] | None) -> Any:
-    """Write "base: ... | tuned: ..." under a figure (once), so every saved figure names its models.
-
-    Example:
-        >>> fig = label_models(pyplot().figure(), {"base": "a", "tuned": "b"})
-    """
-    if not names:
-        return fig
-    text = f"base: {names.get('base', '?')}   |   tuned: {names.get('tuned', '?')}"
-    if getattr(fig, "_shiftlens_models", None) == text:
-        return fig
-    fig.text(0.5, 0.0, text, ha="center", va="top", fontsize=7, color="0.35")
-    fig._shiftlens_models = text
-    return fig
 
 
 def _names_of(result: Any) -> dict[str, str] | None:
