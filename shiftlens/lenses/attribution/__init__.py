@@ -19,6 +19,7 @@ SPEC = register_lens(LensSpec(
     section="shiftlens.report.lenses:_run_attribution",
     results=("shiftlens.attribution:Attribution", "shiftlens.attribution:SensitivityResult",
              "shiftlens.attribution:FollowedResult", "shiftlens.attribution:PositionResult"),
+    cli="shiftlens.lenses.attribution.cli:add_commands",
     limits={"attribution": 12},
     requires=("shiftlens.attribution:instruction_sensitivity",),
     order=10,

@@ -17,6 +17,7 @@ SPEC = register_lens(LensSpec(
           "the principal subspace from base to tuned as principal angles.",
     section="shiftlens.report.lenses:_run_ffn",
     results=("shiftlens.ffn:ConceptShift", "shiftlens.ffn:Rotation"),
+    cli="shiftlens.lenses.ffn.cli:add_commands",
     limits={"ffn": None},
     requires=("shiftlens.ffn:concept_shift", "shiftlens.ffn:rotation"),
     order=30,

@@ -1,0 +1,216 @@
+"""Argument helpers shared by the ``shiftlens`` CLI and each lens's own subcommands.
+
+A lens's ``cli.py`` (registered through :attr:`shiftlens.lenses.LensSpec.cli`) builds its
+subcommands with these, so every command parses devices, dtypes, model references and counts
+the same way and reports bad input in one line (exit code 2). Importing this module imports
+neither torch nor transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DTYPES",
+    "UsageError",
+    "Parser",
+    "error",
+    "dtype",
+    "device",
+    "model_ref",
+    "quiet_hf",
+    "positive",
+    "nonneg",
+    "model_options",
+    "debug_parent",
+]
+
+#: Weight dtypes the commands accept.
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+class UsageError(Exception):
+    """Bad command-line usage (argparse's complaint), reported in one line with exit code 2.
+
+    Example:
+        >>> isinstance(UsageError("x"), Exception)
+        True
+    """
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose complaints become :class:`UsageError` (one line, exit code 2).
+
+    Example:
+        >>> Parser(prog="x").prog
+        'x'
+    """
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def error(msg: str) -> Exception:
+    """A :class:`~shiftlens.ShiftlensError` to raise for bad command-line input (exit code 2).
+
+    Example:
+        >>> str(error("bad layer"))
+        'bad layer'
+    """
+    from shiftlens.errors import ShiftlensError
+
+    return ShiftlensError(msg)
+
+
+def dtype(name: str) -> Any:
+    """The torch dtype called ``name`` (one of :data:`DTYPES`).
+
+    Example:
+        >>> dtype("float32")  # doctest: +SKIP
+        torch.float32
+    """
+    import torch
+
+    return getattr(torch, name)
+
+
+def device(name: str) -> str:
+    """A checked device string: ``cpu``, ``cuda``, ``cuda:N`` (must exist) or ``mps``.
+
+    Example:
+        >>> device("CPU")
+        'cpu'
+    """
+    import torch
+
+    d = name.strip().lower()
+    if d == "cpu":
+        return d
+    if d.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise error(f"device {name!r} requested but CUDA is not available (torch "
+                       f"{torch.__version__}); use --device cpu")
+        if ":" in d:
+            idx = d.split(":", 1)[1]
+            if not idx.isdigit() or int(idx) >= torch.cuda.device_count():
+                raise error(f"device {name!r}: no such CUDA device "
+                           f"({torch.cuda.device_count()} available)")
+        return d
+    if d == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise error("device 'mps' requested but it is not available; use --device cpu")
+        return d
+    raise error(f"unknown device {name!r}; use cpu, cuda, cuda:N or mps")
+
+
+def model_ref(ref: str) -> str:
+    """``toy:base`` / ``toy:tuned`` -> the embedded pair's directory; a path must exist.
+
+    Example:
+        >>> model_ref("toy:tuned").endswith("tuned")
+        True
+    """
+    if ref in ("toy:base", "toy:tuned"):
+        from shiftlens.zoo import pair_dirs
+
+        base, tuned = pair_dirs()
+        return str(base if ref == "toy:base" else tuned)
+    p = Path(ref).expanduser()
+    if p.exists():
+        if not p.is_dir() and p.suffix != ".gguf":
+            raise error(f"model {ref!r} is a file, not a Hugging Face model directory or .gguf")
+        return str(p)
+    if ref.startswith(("/", "./", "../", "~")) or ref.endswith(".gguf") or os.sep + os.sep in ref:
+        raise error(f"model path {ref!r} does not exist")
+    return ref  # a hub id
+
+
+def quiet_hf() -> None:
+    """No Hugging Face download/loading progress bars (shiftlens shows its own).
+
+    Example:
+        >>> quiet_hf()  # doctest: +SKIP
+    """
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except Exception:  # noqa: BLE001 - cosmetic
+        pass
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except Exception:  # noqa: BLE001 - cosmetic
+        pass
+
+
+def positive(name: str) -> Any:
+    """An argparse ``type`` accepting integers >= 1 (the message names the option).
+
+    Example:
+        >>> positive("--k")("3")
+        3
+    """
+    def conv(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {s!r}") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {v}")
+        return v
+
+    return conv
+
+
+def nonneg(s: str) -> int:
+    """An argparse ``type`` accepting integers >= 0.
+
+    Example:
+        >>> nonneg("0")
+        0
+    """
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+
+
+def model_options(p: argparse.ArgumentParser, threads: int | None = None) -> None:
+    """Add ``--device``, ``--dtype`` and ``--threads`` to a (sub)command.
+
+    Example:
+        >>> p = Parser(prog="x"); model_options(p); p.parse_args([]).dtype
+        'float32'
+    """
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
+    p.add_argument("--dtype", default="float32", choices=DTYPES,
+                   help="weight dtype (default float32; bfloat16 for large models on GPU)")
+    default = (f"{threads}: the toy model is tiny, more threads only contend" if threads
+               else "torch's default")
+    p.add_argument("--threads", type=positive("--threads"), default=threads, metavar="N",
+                   help=f"CPU threads for torch (default {default})")
+
+
+def debug_parent() -> argparse.ArgumentParser:
+    """A parent parser adding ``--debug`` (tracebacks) to a subcommand.
+
+    Example:
+        >>> Parser(prog="x", parents=[debug_parent()]).parse_args(["--debug"]).debug
+        True
+    """
+    p = Parser(add_help=False)
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show tracebacks and stop on the first failing lens")
+    return p
+
