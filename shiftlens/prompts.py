@@ -9,6 +9,10 @@ tokenizer's offset mapping, never by searching strings among tokens: a token bel
 segment of its first non-whitespace character (so a byte-level ``" reverse"`` token whose
 leading space is template text counts as instruction); a token of whitespace only belongs to
 the segment of its first character (whitespace between two spans is template).
+
+Prompt files: :func:`load_prompts` reads the native JSONL schema and every format in
+:mod:`shiftlens.formats` (Alpaca, OpenAI messages, ShareGPT, Hugging Face datasets, CSV/TSV and
+the Wu et al. 2024 release); :func:`save_prompts` writes the native schema atomically.
 """
 
 from __future__ import annotations
@@ -48,26 +52,112 @@ Span = Union[str, tuple[int, int]]
 _KEYS = ("id", "category", "text", "instruction", "context", "reference", "meta")
 
 
+_SENTINEL = "\ue000shiftlens-user-turn\ue001"  # private-use characters: no template alters them
+
+
+def _is_int(v: Any) -> bool:
+    """An int that is not a bool (``True`` is not a character offset)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_str(value: Any, what: str, *, optional: bool = False) -> None:
+    """Raise ShiftlensError unless ``value`` is a str that UTF-8 can encode (or None if optional)."""
+    if value is None and optional:
+        return
+    if not isinstance(value, str):
+        kind = "a string or null" if optional else "a string"
+        raise ShiftlensError(f"{what} must be {kind}, got {type(value).__name__} {_short(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ShiftlensError(
+            f"{what} holds a lone surrogate {value[e.start]!r} at character {e.start}: not "
+            "valid Unicode text (a JSON '\\ud800' escape without its pair?)"
+        ) from None
+
+
+def _short(value: Any, n: int = 40) -> str:
+    r = repr(value)
+    return r if len(r) <= n else r[: n - 3] + "..."
+
+
 def _norm_spans(spans: Any, what: str) -> tuple[Span, ...]:
     if spans is None:
         return ()
     if isinstance(spans, str) or (
-        isinstance(spans, (tuple, list))
-        and len(spans) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in spans)
+        isinstance(spans, (tuple, list)) and len(spans) == 2 and all(_is_int(v) for v in spans)
     ):
         spans = [spans]
+    if not isinstance(spans, (list, tuple)):
+        raise ShiftlensError(
+            f"{what} must be a list of spans (substrings or [start, end] offsets), got "
+            f"{type(spans).__name__} {_short(spans)}"
+        )
     out: list[Span] = []
     for s in spans:
         if isinstance(s, str):
+            _check_str(s, f"{what} span")
             out.append(s)
-        elif isinstance(s, (list, tuple)) and len(s) == 2 and all(isinstance(v, int) for v in s):
+        elif isinstance(s, (list, tuple)) and len(s) == 2 and all(_is_int(v) for v in s):
             out.append((int(s[0]), int(s[1])))
         else:
             raise ShiftlensError(
-                f"{what} span {s!r} is neither a substring nor a (start, end) pair of ints"
+                f"{what} span {_short(s)} is neither a substring nor a (start, end) pair of ints"
             )
     return tuple(out)
+
+
+def _render_chat(
+    tokenizer: Any,
+    messages: Sequence[dict[str, str]],
+    index: int,
+    *,
+    label: str,
+    add_generation_prompt: bool = True,
+) -> tuple[str, int]:
+    """Apply the chat template; return the text and where ``messages[index]``'s content starts.
+
+    The message is first rendered as a sentinel that no template alters, which locates it even
+    when the same text occurs elsewhere (a repeated question, a system prompt quoting it); the
+    real rendering must then equal the sentinel rendering with the content put back, otherwise
+    the template changed the text (trimmed or escaped it) and no span could be placed.
+    """
+    name = getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ShiftlensError(f"prompt {label}: tokenizer {name!r} has no chat template")
+    content = messages[index]["content"]
+
+    def render(msgs: list[dict[str, str]]) -> str:
+        try:
+            out = tokenizer.apply_chat_template(
+                msgs, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+        except Exception as e:  # jinja errors, e.g. "System role not supported"
+            raise ShiftlensError(
+                f"prompt {label}: the chat template of {name!r} failed: {type(e).__name__}: {e}"
+            ) from e
+        if not isinstance(out, str):
+            raise ShiftlensError(f"prompt {label}: the chat template of {name!r} returned no text")
+        return out
+
+    if any(_SENTINEL in m["content"] for m in messages):
+        raise ShiftlensError(f"prompt {label}: the text contains shiftlens' internal marker")
+    marked = [dict(m) for m in messages]
+    marked[index]["content"] = _SENTINEL
+    with_marker = render(marked)
+    if with_marker.count(_SENTINEL) != 1:
+        raise ShiftlensError(
+            f"prompt {label}: the chat template of {name!r} did not write the user message "
+            "exactly once; cannot place the spans"
+        )
+    where = with_marker.index(_SENTINEL)
+    out = render([dict(m) for m in messages])
+    if out != with_marker[:where] + content + with_marker[where + len(_SENTINEL):]:
+        raise ShiftlensError(
+            f"prompt {label}: the chat template of {name!r} changes the text of the user message "
+            "(trims or escapes it); cannot place the spans"
+        )
+    return out, where
 
 
 @dataclass(frozen=True)
@@ -105,22 +195,45 @@ class InstructionPrompt:
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        for what in ("instruction", "context"):
-            try:
+        if isinstance(self.text, (list, tuple)) and any(
+            isinstance(m, dict) and ("role" in m or "from" in m) for m in self.text
+        ):
+            raise ShiftlensError(
+                f"prompt {self.label}: text is a list of chat messages, not a string; build the "
+                "prompt with InstructionPrompt.from_messages(messages) (the user turn becomes the "
+                "instruction, earlier turns template, the assistant reply the reference)"
+            )
+        try:
+            _check_str(self.text, "text")
+            _check_str(self.id, "id")
+            _check_str(self.category, "category", optional=True)
+            _check_str(self.reference, "reference", optional=True)
+            if not isinstance(self.meta, dict):
+                raise ShiftlensError(
+                    f"meta must be a dict, got {type(self.meta).__name__} {_short(self.meta)}"
+                )
+            for what in ("instruction", "context"):
                 object.__setattr__(self, what, _norm_spans(getattr(self, what), what))
-            except ShiftlensError as e:
-                raise ShiftlensError(f"prompt {self.label}: {e}") from None
-        if not isinstance(self.text, str):
-            raise ShiftlensError(f"prompt {self.label}: text must be a string")
+        except ShiftlensError as e:
+            raise ShiftlensError(f"prompt {self.label}: {e}") from None
         if not self.text.strip():
             raise ShiftlensError(f"prompt {self.label}: the prompt text is empty")
         self.char_spans()  # validate now: a bad span fails at construction, not mid-batch
 
     @property
     def label(self) -> str:
-        """The id, or the start of the text when no id was given (for messages)."""
-        if self.id:
+        """The id, or the start of the text when no id was given (for messages).
+
+        Example:
+            >>> InstructionPrompt("Sort: b a", id="s-1").label
+            "'s-1'"
+        """
+        if isinstance(self.id, str) and self.id:
             return repr(self.id)
+        if self.id not in ("", None):
+            return repr(self.id)
+        if not isinstance(self.text, str):
+            return "(no id)"
         return repr(self.text[:40] + ("..." if len(self.text) > 40 else ""))
 
     def _resolve(self, span: Span, what: str) -> tuple[int, int]:
@@ -196,7 +309,9 @@ class InstructionPrompt:
 
         The prompt text becomes the user message; spans are moved to character offsets in the
         templated text, everything the template adds is ``template`` (its BOS token, if the
-        template writes one, becomes ``bos`` at tokenization).
+        template writes one, becomes ``bos`` at tokenization). The user message is located
+        with a marker, so a system message that repeats the prompt text does not confuse it; a
+        template that alters the text (trims or escapes it) raises.
 
         Args:
             tokenizer: A Hugging Face tokenizer with a ``chat_template``.
@@ -204,28 +319,23 @@ class InstructionPrompt:
             add_generation_prompt: Append the assistant-turn header (default).
 
         Returns:
-            A new prompt whose ``meta["chat_template"]`` is True.
+            A new prompt whose ``meta["chat_template"]`` is True and ``meta["user_offset"]`` the
+            character offset of the user message.
+
+        Raises:
+            ShiftlensError: the tokenizer has no chat template, the template fails (e.g. it
+                refuses a system message) or alters the text.
 
         Example:
             >>> templated = prompt.with_chat_template(tokenizer)  # doctest: +SKIP
         """
-        if getattr(tokenizer, "chat_template", None) is None:
-            raise ShiftlensError(
-                f"prompt {self.label}: tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} "
-                "has no chat template"
-            )
         messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": self.text}
         ]
-        out = tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        out, where = _render_chat(
+            tokenizer, messages, len(messages) - 1, label=self.label,
+            add_generation_prompt=add_generation_prompt,
         )
-        where = out.find(self.text)
-        if where < 0 or out.find(self.text, where + 1) >= 0:
-            raise ShiftlensError(
-                f"prompt {self.label}: the chat template did not keep the prompt text verbatim "
-                "exactly once; cannot place the spans"
-            )
         spans = self.char_spans()
         shift = lambda rs: tuple((s + where, e + where) for s, e in rs)  # noqa: E731
         return replace(
@@ -260,25 +370,120 @@ class InstructionPrompt:
     def from_dict(cls, d: dict[str, Any]) -> InstructionPrompt:
         """Build a prompt from a JSONL record (see docs/prompts.md for the schema).
 
+        Every field is checked and a wrong one is named: ``text`` a string; ``instruction`` and
+        ``context`` lists of spans; ``reference`` and ``category`` strings or null; ``id`` a
+        string or an integer (kept as its decimal string, so ``0`` stays ``"0"``); ``meta`` an
+        object. Unknown top-level keys are kept in ``meta``; one that is also a key of ``meta``
+        is refused (neither value would survive a save).
+
+        Raises:
+            ShiftlensError: the record is not a dict, or a field has the wrong type or value;
+                the message names the field and the prompt id.
+
         Example:
             >>> InstructionPrompt.from_dict({"text": "Sort: b a", "instruction": ["Sort:"]}).text
             'Sort: b a'
+            >>> InstructionPrompt.from_dict({"id": 0, "text": "Sort: b a"}).id
+            '0'
         """
+        if not isinstance(d, dict):
+            raise ShiftlensError(
+                f"a prompt record must be a JSON object, got {type(d).__name__} {_short(d)}"
+            )
+        rid = d.get("id")
+        if rid is None:
+            rid = ""
+        elif _is_int(rid):
+            rid = str(rid)
+        elif not isinstance(rid, str):
+            raise ShiftlensError(
+                f"field 'id' must be a string or an integer, got {type(rid).__name__} {_short(rid)}"
+            )
+        where = f"prompt record {rid!r}" if rid else "prompt record"
         if "text" not in d:
-            raise ShiftlensError(f"prompt record {d.get('id', '?')!r} has no 'text'")
-        unknown = set(d) - set(_KEYS)
-        meta = dict(d.get("meta") or {})
-        for k in sorted(unknown):  # keep unknown keys instead of dropping them
+            raise ShiftlensError(f"{where} has no 'text'")
+        meta = d.get("meta")
+        if meta is None:
+            meta = {}
+        if not isinstance(meta, dict):
+            raise ShiftlensError(
+                f"{where}: field 'meta' must be an object, got {type(meta).__name__} {_short(meta)}"
+            )
+        meta = dict(meta)
+        for k in sorted(set(d) - set(_KEYS), key=str):  # keep unknown keys instead of dropping them
+            if k in meta:
+                raise ShiftlensError(
+                    f"{where}: key {k!r} is both a top-level key and a key of 'meta'; keep one"
+                )
             meta[k] = d[k]
+        for key, optional in (("text", False), ("reference", True), ("category", True)):
+            try:
+                _check_str(d.get(key), f"field {key!r}", optional=optional)
+            except ShiftlensError as e:
+                raise ShiftlensError(f"{where}: {e}") from None
+        spans = {}
+        for key in ("instruction", "context"):
+            try:
+                spans[key] = _norm_spans(d.get(key), f"field {key!r}")
+            except ShiftlensError as e:
+                raise ShiftlensError(f"{where}: {e}") from None
         return cls(
             text=d["text"],
-            instruction=d.get("instruction") or (),
-            context=d.get("context") or (),
+            instruction=spans["instruction"],
+            context=spans["context"],
             reference=d.get("reference"),
-            id=str(d.get("id") or ""),
+            id=rid,
             category=d.get("category"),
             meta=meta,
         )
+
+    @classmethod
+    def from_messages(
+        cls,
+        messages: Sequence[dict[str, Any]],
+        *,
+        turn: int = -1,
+        tokenizer: Any = None,
+        system: str | None = None,
+        id: str = "",
+        category: str | None = None,
+    ) -> InstructionPrompt:
+        """Build a prompt from a chat conversation (OpenAI ``role``/``content`` or ShareGPT
+        ``from``/``value`` messages).
+
+        The analysed user turn is the instruction, everything before it (system message,
+        earlier turns) is template, and the assistant message that follows it is the reference.
+        Without a tokenizer the conversation is written as a plain transcript
+        (``"User: ...\\nAssistant: ..."``, see docs/prompts.md); with one, in its chat template.
+
+        Args:
+            messages: The conversation.
+            turn: Which user turn is analysed (0 = first, -1 = last).
+            tokenizer: Render with this tokenizer's chat template.
+            system: System message used when the conversation has none.
+            id: Prompt id.
+            category: Task category.
+
+        Raises:
+            ShiftlensError: a malformed message, no user turn, ``turn`` out of range.
+
+        Example:
+            >>> p = InstructionPrompt.from_messages(
+            ...     [{"role": "user", "content": "Name a colour."},
+            ...      {"role": "assistant", "content": "Blue."}], id="c-1")
+            >>> p.text, p.reference
+            ('User: Name a colour.\\nAssistant:\\n', 'Blue.')
+            >>> p.text[slice(*p.char_spans()["instruction"][0])]
+            'Name a colour.'
+        """
+        from shiftlens.formats import _conversation_prompts
+
+        if isinstance(turn, bool) or not isinstance(turn, int):
+            raise ShiftlensError(f"turn must be an integer, got {_short(turn)}")
+        return _conversation_prompts(
+            messages, turn=turn, tokenizer=tokenizer, system=system, id=id,
+            category=category, meta={}, template=None,
+        )[0]
 
 
 @dataclass(frozen=True)
@@ -416,47 +621,138 @@ def tokenize_prompt(
     )
 
 
-def load_prompts(path: str | Path) -> list[InstructionPrompt]:
-    """Load prompts from a JSONL file (one record per line; schema in docs/prompts.md).
+def load_prompts(
+    source: Any,
+    format: str = "auto",
+    *,
+    on_error: str = "raise",
+    template: Any = None,
+    tokenizer: Any = None,
+    system: str | None = None,
+    turn: int | str = -1,
+    split: str | None = None,
+    roles: dict[str, str] | None = None,
+    **mapping: str,
+) -> list[InstructionPrompt]:
+    """Load prompts from a file, directory, dataset or list of records, in any known format.
+
+    ``format`` is one of :data:`shiftlens.formats.FORMATS` or ``"auto"`` (the default, which
+    reads the file extension, the header or the first record's keys and records what it found
+    in ``.report.detected``):
+
+    * ``"jsonl"`` -- the native schema (one object per line: ``text`` and its spans; below);
+    * ``"alpaca"`` -- ``instruction`` / ``input`` / ``output`` records (JSON list or JSONL);
+    * ``"messages"`` / ``"sharegpt"`` -- chat conversations (``role``/``content`` or
+      ``from``/``value``); the analysed user turn is the instruction;
+    * ``"hf"`` -- a ``datasets.Dataset`` (or ``DatasetDict`` with ``split``), a
+      ``save_to_disk`` directory, or a ``.parquet`` / ``.arrow`` file;
+    * ``"csv"`` / ``"tsv"`` -- a header row and one record per row;
+    * ``"wu2024"`` -- ``FinalDataset.tsv`` of Wu et al. (2024).
+
+    Spans come from each format's structure (docs/prompts.md has the rules and the rendering
+    templates). A bad record raises :class:`ShiftlensError` naming the file, line or row and the
+    field; with ``on_error="skip"`` it is left out instead, listed in ``.report.skipped`` with
+    its reason, and one :class:`ShiftlensWarning` sums the skips up.
+
+    Args:
+        source: A path (file or directory), a ``datasets`` dataset, or a list of dict records.
+        format: A format name or ``"auto"``.
+        on_error: ``"raise"`` (default) or ``"skip"``.
+        template: Rendering of instruction/context records (alpaca, csv, tsv, hf columns) and
+            conversations: ``"plain"`` (default; :data:`shiftlens.formats.PLAIN_TEMPLATE`),
+            ``"chat"`` (the tokenizer's chat template; the default when ``tokenizer`` is
+            given), or your own ``str.format`` string with ``{instruction}`` and ``{context}``
+            (or a pair: with context, without context).
+        tokenizer: A Hugging Face tokenizer, for ``template="chat"``.
+        system: System message for chat rendering (conversations: where the record has none).
+        turn: Conversations: the analysed user turn (0 first, -1 last) or ``"all"`` (one
+            prompt per user turn, ids ``<id>.turn<k>``).
+        split: The split of a ``DatasetDict``.
+        roles: Conversations: extra role names, e.g. ``{"observation": "user"}``.
+        **mapping: Field or column names: ``instruction``, ``context``, ``reference``, ``id``,
+            ``category`` (records with separate fields), ``messages`` / ``conversations``
+            (the key holding a conversation), e.g. ``instruction="question"``.
+
+    Returns:
+        A :class:`shiftlens.formats.PromptList`: a list of :class:`InstructionPrompt` with a
+        ``.report`` (:class:`shiftlens.formats.LoadReport`: format, how it was detected,
+        counts, skipped records, notes).
+
+    Raises:
+        ShiftlensError: a missing or unreadable source, an unknown format, a bad record (with
+            ``on_error="raise"``), duplicate ids.
 
     Example:
-        >>> prompts = load_prompts("my_prompts.jsonl")  # doctest: +SKIP
+        >>> import json, tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "alpaca.json"
+        >>> _ = f.write_text(json.dumps([{"instruction": "Sort the words.", "input": "b a",
+        ...                               "output": "a b"}]))
+        >>> ps = load_prompts(f)
+        >>> ps.report.format, ps[0].text
+        ('alpaca', 'Instruction: Sort the words.\\nInput: b a\\nResponse:\\n')
+        >>> ps[0].char_spans()
+        {'instruction': [(13, 28)], 'context': [(36, 39)]}
     """
-    path = Path(path)
-    if not path.exists():
-        raise ShiftlensError(f"prompt file {str(path)!r} does not exist")
-    out = []
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ShiftlensError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-            try:
-                out.append(InstructionPrompt.from_dict(rec))
-            except ShiftlensError as e:
-                raise ShiftlensError(f"{path}:{i}: {e}") from None
-    ids = [p.id for p in out if p.id]
-    dup = {i for i in ids if ids.count(i) > 1}
-    if dup:
-        raise ShiftlensError(f"{path}: duplicate prompt ids {sorted(dup)}")
-    return out
+    from shiftlens.formats import _load
+
+    return _load(
+        source, format, on_error=on_error, template=template, tokenizer=tokenizer,
+        system=system, turn=turn, split=split, roles=roles, mapping=mapping,
+    )
 
 
 def save_prompts(prompts: Iterable[InstructionPrompt], path: str | Path) -> Path:
-    """Write prompts as JSONL (UTF-8, one record per line); returns the path.
+    """Write prompts as native JSONL (UTF-8, one record per line), atomically; returns the path.
+
+    Every prompt is serialised and checked before anything is written (an
+    :class:`InstructionPrompt`, JSON-serialisable ``meta`` without NaN, unique non-empty ids),
+    then the file is replaced in one step (:func:`shiftlens.io.atomic_write_text`): a failure
+    leaves an existing file untouched.
+
+    Raises:
+        ShiftlensError: an item is not a prompt, its ``meta`` cannot be written as JSON, two
+            prompts share an id, or ``path`` is a directory.
 
     Example:
-        >>> save_prompts(default_prompts()[:3], "/tmp/p.jsonl")  # doctest: +SKIP
+        >>> import tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "p.jsonl"
+        >>> save_prompts([InstructionPrompt("Sort: b a", instruction=["Sort:"], id="s")], out).name
+        'p.jsonl'
+        >>> load_prompts(out)[0].id
+        's'
     """
+    from shiftlens.io import atomic_write_text
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for p in prompts:
-            f.write(json.dumps(p.to_dict(), ensure_ascii=False) + "\n")
-    return path
+    if path.is_dir():
+        raise ShiftlensError(f"cannot save prompts to {str(path)!r}: it is a directory")
+    if isinstance(prompts, (str, bytes, InstructionPrompt)) or not isinstance(prompts, Iterable):
+        raise ShiftlensError(
+            f"save_prompts needs an iterable of InstructionPrompt, got {type(prompts).__name__}"
+        )
+    lines, seen = [], {}
+    for k, p in enumerate(prompts):
+        if not isinstance(p, InstructionPrompt):
+            raise ShiftlensError(
+                f"item {k} is a {type(p).__name__}, not an InstructionPrompt; nothing was written"
+            )
+        if p.id:
+            if p.id in seen:
+                raise ShiftlensError(
+                    f"items {seen[p.id]} and {k} share the id {p.id!r} (load_prompts would "
+                    "refuse the file); nothing was written"
+                )
+            seen[p.id] = k
+        try:
+            line = json.dumps(p.to_dict(), ensure_ascii=False, allow_nan=False)
+            line.encode("utf-8")
+        except (TypeError, ValueError, UnicodeEncodeError, RecursionError) as e:
+            raise ShiftlensError(
+                f"prompt {p.label} (item {k}): cannot be written as JSON ({type(e).__name__}: "
+                f"{e}); check its meta; nothing was written"
+            ) from None
+        lines.append(line + "\n")
+    return atomic_write_text(path, "".join(lines))
 
 
 def default_prompts(categories: Sequence[str] | None = None) -> list[InstructionPrompt]:
