@@ -400,9 +400,9 @@ def _open(source: Any, fmt: str, mapping: Mapping[str, str], split: str | None) 
         shape, why = _detect_shape(recs, mapping, label)
         return _Source("hf", shape, f"a {type(source).__name__}; {why} -> {shape} records",
                        label, "row", recs)
-    if split is not None:
-        raise ShiftlensError("split= applies to a datasets DatasetDict")
     if isinstance(source, (list, tuple)):
+        if split is not None:
+            raise ShiftlensError("split= applies to a datasets DatasetDict")
         recs = [_Rec(f"record {i}", data=r, n=i) for i, r in enumerate(source)]
         if fmt == "auto":
             shape, why = _detect_shape(recs, mapping, "the list")
@@ -432,6 +432,8 @@ def _open(source: Any, fmt: str, mapping: Mapping[str, str], split: str | None) 
         shape, why = _detect_shape(recs, mapping, label)
         return _Source("hf", shape, f"a save_to_disk directory; {why} -> {shape} records",
                        label, path.name, recs)
+    if split is not None:
+        raise ShiftlensError("split= applies to a datasets DatasetDict")
     ext = path.suffix.lower()
     label, stem = str(path), path.stem
     if fmt == "auto":
@@ -451,10 +453,10 @@ def _open(source: Any, fmt: str, mapping: Mapping[str, str], split: str | None) 
         recs = _csv_records(text, label, "," if ext == ".csv" else "\t")
         return _Source("hf", "alpaca", f"{why}; {ext} rows", label, stem, recs)
     head = text.split("\n", 1)[0].rstrip("\r")
-    if fmt in ("tsv", "wu2024") and head == "\t".join(wu2024.WU2024_RATING_COLUMNS):
+    if fmt in ("tsv", "wu2024", "json") and head == "\t".join(wu2024.WU2024_RATING_COLUMNS):
         raise ShiftlensError(f"{label} is the Wu et al. ratings file (AnnotatedDataset.tsv); read "
                              "it with shiftlens.wu2024.load_wu2024_ratings(path, model)")
-    if fmt == "tsv" and why != "given" and head == "\t".join(wu2024.WU2024_COLUMNS):
+    if fmt in ("tsv", "json") and why != "given" and head == "\t".join(wu2024.WU2024_COLUMNS):
         fmt, why = "wu2024", "header ID, Prompt, Response, Instruct&Context"
     if fmt == "wu2024":
         recs = wu2024._wu_rows(text, label, wu2024.WU2024_COLUMNS)
@@ -462,9 +464,16 @@ def _open(source: Any, fmt: str, mapping: Mapping[str, str], split: str | None) 
     if fmt in ("csv", "tsv"):
         recs = _csv_records(text, label, "\t" if fmt == "tsv" else ",")
         return _Source(fmt, "alpaca", why, label, stem, recs)
-    recs = _json_records(text, label)
+    try:
+        recs = _json_records(text, label)
+        if fmt in ("json", "hf"):
+            shape, found = _detect_shape(recs, mapping, label)
+    except ShiftlensError as e:
+        if fmt == "json" and ext not in (".json", ".jsonl", ".ndjson"):
+            raise ShiftlensError(f"{e} (format='auto' read {path.name} as JSON; pass format= "
+                                 "for another format)") from None
+        raise
     if fmt in ("json", "hf"):
-        shape, found = _detect_shape(recs, mapping, label)
         return _Source(shape if fmt == "json" else "hf", shape, found, label, stem, recs)
     return _Source(fmt, fmt, why, label, stem, recs)
 

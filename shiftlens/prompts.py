@@ -148,7 +148,8 @@ def _render_chat(
     if with_marker.count(_SENTINEL) != 1:
         raise ShiftlensError(
             f"prompt {label}: the chat template of {name!r} did not write the user message "
-            "exactly once; cannot place the spans"
+            "unchanged exactly once (it drops, repeats or rewrites message text); cannot place "
+            "the spans"
         )
     where = with_marker.index(_SENTINEL)
     out = render([dict(m) for m in messages])

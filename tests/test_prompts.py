@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -480,6 +480,7 @@ def test_fuzz_jsonl_error_or_valid(tmp_path, lines, lead):
         warnings.simplefilter("ignore")
         skipped = load_prompts(f, format="jsonl", on_error="skip")
     rep = skipped.report
+    event(f"strict {'ok' if got is not None else 'refused'}; {min(len(skipped), 2)}+ kept")
     assert rep.n_prompts + len(rep.skipped) == rep.n_records  # nothing vanishes
     if lead:
         assert rep.n_records == sum(bool(x.strip()) for x in lines)
@@ -511,5 +512,6 @@ def test_fuzz_prompt_objects_error_or_valid(unchecked, kwargs, messages, turn):
             p = build()
         except ShiftlensError:
             continue
+        event("built a prompt")
         assert len(p.char_labels()) == len(p.text)
         assert InstructionPrompt.from_dict(json.loads(json.dumps(p.to_dict()))) == p
