@@ -21,7 +21,7 @@ Segments are :data:`shiftlens.prompts.SEGMENTS`.
 from __future__ import annotations
 
 import difflib
-import json
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +29,20 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from shiftlens.bridge import model_name
+from shiftlens.checks import pad_token_id
 from shiftlens.errors import ShiftlensError
-from shiftlens.pair import model_name
+from shiftlens.io import (
+    atomic_directory,
+    read_json,
+    read_tensors,
+    verify_directory,
+    write_json,
+    write_tensors,
+)
 from shiftlens.prompts import SEGMENTS, InstructionPrompt, TokenizedPrompt
 
 __all__ = ["PairCache", "capture_pair", "default_hook_names", "resolve_hook_names", "REDUCTIONS"]
@@ -65,6 +73,9 @@ def default_hook_names(n_layers: int) -> list[str]:
 def resolve_hook_names(model: Any, names_filter: Any, model_label: str = "model") -> list[str]:
     """Turn a TL-style ``names_filter`` (None, str, list of str, callable) into hook names.
 
+    A predicate selects among the hooks the model can run (TransformerLens keeps some switched
+    off until enabled, e.g. ``hook_mlp_in``); ``lambda name: True`` means every usable hook.
+
     Raises:
         ShiftlensError: an explicitly named hook does not exist on the model (with the closest
             valid names), or a filter matches nothing.
@@ -79,7 +90,11 @@ def resolve_hook_names(model: Any, names_filter: Any, model_label: str = "model"
     elif isinstance(names_filter, str):
         names = [names_filter]
     elif callable(names_filter):
-        names = [n for n in available if names_filter(n)]
+        # hooks the bridge has switched off (hook_mlp_in, hook_attn_in, ... until enabled) never
+        # fire and cannot be added: a predicate selects among the usable ones
+        gated = getattr(model, "_gated_hook_reason", None)
+        names = [n for n in available if names_filter(n)
+                 and not (callable(gated) and gated(getattr(model.hook_dict[n], "name", None) or n))]
         if not names:
             raise ShiftlensError(f"names_filter matched no hook of {model_label}")
         return names
@@ -115,6 +130,9 @@ def _reduce(
     """Reduce one batch's activation into per-prompt tensors (padding removed)."""
     out: list[Tensor] = []
     pattern = _is_pattern(name)
+    if act.dim() > 0 and act.shape[0] == 1 and len(lengths) > 1:
+        # a hook shared by the whole batch (e.g. positional embeddings): the same for each prompt
+        act = act.expand(len(lengths), *act.shape[1:])
     if mode is None:
         for i, L in enumerate(lengths):
             out.append(act[i, :, :L, :L] if pattern else act[i, :L])
@@ -146,6 +164,9 @@ def _reduce(
     raise ShiftlensError(f"unknown reduce {mode!r}; choose from {REDUCTIONS}")
 
 
+_CACHE_KIND = "PairCache"
+
+
 @dataclass
 class PairCache:
     """Both models' cached activations on identical tokens, keyed by TL hook names.
@@ -156,6 +177,16 @@ class PairCache:
         reduce: The reduction applied (None, ``"segment_mean"`` or ``"last"``).
         model_names: ``{"base": ..., "tuned": ...}``.
         data: ``data[role][hook_name]`` is a list with one tensor per prompt.
+
+    Indexing (what users try first works):
+
+    - ``cache["tuned", "blocks.1.hook_resid_post"]``: one tensor per prompt (a list);
+    - ``cache["tuned", "blocks.1.hook_resid_post", 3]``: prompt 3's tensor;
+    - ``cache["blocks.1.hook_resid_post"]``: ``{"base": [...], "tuned": [...]}``;
+    - ``cache["tuned"]``: ``{hook_name: [...]}`` of that model;
+    - ``cache.to_activation_cache("tuned", 3)``: a TransformerLens ``ActivationCache`` of one
+      prompt (batch dimension 1), with ``accumulated_resid``, ``decompose_resid``,
+      ``logit_attrs``, ``apply_ln_to_stack`` and TL's own indexing (``cache["resid_post", 1]``).
 
     Example:
         >>> cache = pair.run_with_cache(prompts, ["blocks.1.hook_resid_post"])  # doctest: +SKIP
@@ -169,16 +200,54 @@ class PairCache:
     model_names: dict[str, str]
     data: dict[str, dict[str, list[Tensor]]]
 
-    def __getitem__(self, key: tuple[str, str]) -> list[Tensor]:
-        role, name = key
-        if role not in self.data:
+    def __post_init__(self) -> None:
+        self._models: dict[str, Any] = {}
+
+    def _key_error(self, key: Any) -> ShiftlensError:
+        return ShiftlensError(
+            f"PairCache key {key!r} not understood: use cache[role, hook] (a list, one tensor per "
+            f"prompt), cache[role, hook, i], cache[hook] (both roles) or cache[role]; roles are "
+            f"'base' and 'tuned', cached hooks: {self.names[:4]}{'...' if len(self.names) > 4 else ''}"
+        )
+
+    def _role(self, role: Any) -> dict[str, list[Tensor]]:
+        if role not in ROLES:
             raise ShiftlensError(f"unknown model role {role!r}; use 'base' or 'tuned'")
-        if name not in self.data[role]:
-            raise ShiftlensError(f"hook {name!r} was not cached; cached: {self.names[:6]}...")
-        return self.data[role][name]
+        return self.data[role]
+
+    def _hook(self, role: str, name: Any) -> list[Tensor]:
+        d = self._role(role)
+        if name not in d:
+            close = difflib.get_close_matches(str(name), self.names, n=3)
+            raise ShiftlensError(f"hook {name!r} was not cached" + (
+                f"; did you mean {close}?" if close else f"; cached: {self.names[:6]}..."))
+        return d[name]
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, tuple):
+            if len(key) == 2:
+                return self._hook(key[0], key[1])
+            if len(key) == 3:
+                items = self._hook(key[0], key[1])
+                i = key[2]
+                if isinstance(i, bool) or not isinstance(i, int) or not -len(items) <= i < len(items):
+                    raise ShiftlensError(f"prompt index {i!r} out of range ({len(items)} prompts)")
+                return items[i]
+            raise self._key_error(key)
+        if isinstance(key, str):
+            if key in ROLES:
+                return dict(self._role(key))
+            if key in self.names:
+                return {role: self.data[role][key] for role in ROLES}
+        raise self._key_error(key)
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+    def __repr__(self) -> str:
+        return (f"PairCache({len(self.prompts)} prompts, {len(self.names)} hooks, "
+                f"reduce={self.reduce!r}, base={self.model_names.get('base')!r}, "
+                f"tuned={self.model_names.get('tuned')!r})")
 
     def get(self, role: str, name: str, index: int) -> Tensor:
         """One prompt's activation.
@@ -186,7 +255,7 @@ class PairCache:
         Example:
             >>> cache.get("base", "blocks.0.hook_resid_post", 0)  # doctest: +SKIP
         """
-        return self[role, name][index]
+        return self[role, name, index]
 
     def stack(self, role: str, name: str) -> Tensor:
         """Stack per-prompt tensors (reduced caches, or prompts of equal length).
@@ -205,18 +274,65 @@ class PairCache:
         return torch.stack(items)
 
     def masks(self, index: int) -> dict[str, Tensor]:
-        """Segment masks of prompt ``index``."""
+        """Segment masks of prompt ``index``.
+
+        Example:
+            >>> cache.masks(0)["instruction"]  # doctest: +SKIP
+        """
         return self.prompts[index].masks
+
+    # ------------------------------------------------------------------ TransformerLens
+    def to_activation_cache(self, role: str, index: int, model: Any = None) -> Any:
+        """One prompt's activations of one model as a TransformerLens ``ActivationCache``.
+
+        Every cached hook is given a batch dimension of 1, so TL's own analysis methods work
+        (``accumulated_resid``, ``decompose_resid``, ``logit_attrs``, ``apply_ln_to_stack``,
+        ``cache["resid_post", 1]``) and equal the model's own ``run_with_cache``. They need the
+        hooks they read: capture with ``names_filter=lambda name: True`` (every hook) and
+        ``reduce=None``.
+
+        Args:
+            role: ``"base"`` or ``"tuned"``.
+            index: The prompt.
+            model: The TransformerBridge of that role (default: the model this cache was
+                captured from, while it is alive; required after :meth:`load`).
+
+        Raises:
+            ShiftlensError: a reduced cache, an unknown role/index, or no model.
+
+        Example:
+            >>> cache = pair.run_with_cache([p], lambda n: True)  # doctest: +SKIP
+            >>> ac = cache.to_activation_cache("tuned", 0)  # doctest: +SKIP
+            >>> ac.accumulated_resid(layer=-1, incl_mid=True).shape  # doctest: +SKIP
+        """
+        from transformer_lens import ActivationCache
+
+        if self.reduce is not None:
+            raise ShiftlensError(f"to_activation_cache needs per-position activations; this cache "
+                                 f"was reduced with reduce={self.reduce!r} (capture with "
+                                 "reduce=None)")
+        self._role(role)
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self):
+            raise ShiftlensError(f"prompt index {index!r} out of range ({len(self)} prompts)")
+        if model is None:
+            ref = self._models.get(role)
+            model = ref() if ref is not None else None
+        if model is None:
+            raise ShiftlensError(f"to_activation_cache({role!r}, ...): pass model= (the {role} "
+                                 "TransformerBridge); a loaded cache does not hold its models")
+        tensors = {name: self.data[role][name][index].unsqueeze(0) for name in self.names}
+        return ActivationCache(tensors, model, has_batch_dim=True)
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | Path) -> Path:
-        """Write ``activations.safetensors`` + ``cache.json`` (bit-exact; no pickle).
+        """Write ``activations.safetensors`` + ``cache.json`` atomically (bit-exact; no pickle).
+
+        Published in one step with a manifest of every file's SHA-256 and every tensor's shape
+        (:func:`shiftlens.io.atomic_directory`): an interrupted overwrite leaves the old cache.
 
         Example:
             >>> cache.save("out/cache")  # doctest: +SKIP
         """
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
         tensors: dict[str, Tensor] = {}
         for role in ROLES:
             for name in self.names:
@@ -225,7 +341,6 @@ class PairCache:
         for i, tp in enumerate(self.prompts):
             tensors[f"tokens/{i}"] = tp.tokens.contiguous()
             tensors[f"segments/{i}"] = tp.segments.contiguous()
-        save_file(tensors, str(d / "activations.safetensors"))
         meta = {
             "format": "shiftlens.PairCache/1",
             "names": self.names,
@@ -242,39 +357,64 @@ class PairCache:
                 for tp in self.prompts
             ],
         }
-        (d / "cache.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1))
-        return d
+        record: dict[str, Any] = {}
+        with atomic_directory(directory, kind=_CACHE_KIND, record=record) as tmp:
+            record["tensors"] = write_tensors(tmp / "activations.safetensors", tensors)
+            write_json(tmp / "cache.json", meta)
+        return Path(directory)
 
     @classmethod
     def load(cls, directory: str | Path) -> PairCache:
-        """Read a cache written by :meth:`save`.
+        """Verify and read a cache written by :meth:`save`.
+
+        Raises:
+            ShiftlensError: naming the directory and the first inconsistency (missing or
+                modified file, a tensor of the wrong shape, prompts and tensors that disagree).
 
         Example:
             >>> cache = PairCache.load("out/cache")  # doctest: +SKIP
         """
         d = Path(directory)
-        if not (d / "cache.json").exists():
-            raise ShiftlensError(f"{str(d)!r} holds no PairCache (cache.json missing)")
-        meta = json.loads((d / "cache.json").read_text())
-        tensors = load_file(str(d / "activations.safetensors"))
-        prompts = []
-        for i, rec in enumerate(meta["prompts"]):
-            prompts.append(
-                TokenizedPrompt(
-                    prompt=InstructionPrompt.from_dict(rec["prompt"]),
-                    tokens=tensors[f"tokens/{i}"],
-                    segments=tensors[f"segments/{i}"],
-                    n_prompt=rec["n_prompt"],
-                    offsets=tuple(tuple(o) for o in rec["offsets"]),
-                    response=rec["response"],
+        where = repr(str(d))
+        try:
+            man = verify_directory(d, _CACHE_KIND)
+        except ShiftlensError as e:
+            if not (d / "cache.json").exists() and "manifest.json missing" in str(e):
+                raise ShiftlensError(f"{where} holds no PairCache (cache.json missing)") from e
+            raise
+        meta = read_json(d / "cache.json", where=f"{where}: cache.json")
+        tensors = read_tensors(d / "activations.safetensors", (man.get("record") or {})
+                               .get("tensors"), where=f"{where}: activations.safetensors")
+        try:
+            prompts = []
+            for i, rec in enumerate(meta["prompts"]):
+                prompts.append(
+                    TokenizedPrompt(
+                        prompt=InstructionPrompt.from_dict(rec["prompt"]),
+                        tokens=tensors[f"tokens/{i}"],
+                        segments=tensors[f"segments/{i}"],
+                        n_prompt=rec["n_prompt"],
+                        offsets=tuple(tuple(o) for o in rec["offsets"]),
+                        response=rec["response"],
+                    )
                 )
-            )
-        n = len(prompts)
-        data = {
-            role: {name: [tensors[f"{role}/{name}/{i}"] for i in range(n)] for name in meta["names"]}
-            for role in ROLES
-        }
-        return cls(prompts, list(meta["names"]), meta["reduce"], dict(meta["model_names"]), data)
+            n = len(prompts)
+            data = {
+                role: {name: [tensors[f"{role}/{name}/{i}"] for i in range(n)]
+                       for name in meta["names"]}
+                for role in ROLES
+            }
+            expected = 2 * n * (1 + len(meta["names"]))
+            if len(tensors) != expected:
+                raise ShiftlensError(f"{len(tensors)} tensors for {n} prompts x "
+                                     f"{len(meta['names'])} hooks (expected {expected})")
+            return cls(prompts, list(meta["names"]), meta["reduce"], dict(meta["model_names"]),
+                       data)
+        except ShiftlensError as e:
+            raise ShiftlensError(f"{where}: {e}") from e
+        except (KeyError, TypeError, ValueError) as e:
+            raise ShiftlensError(f"{where}: cache.json and activations.safetensors disagree "
+                                 f"({type(e).__name__}: {e})") from e
 
 
 def run_hooks_batched(
@@ -288,8 +428,14 @@ def run_hooks_batched(
     progress: bool = True,
     desc: str = "capture",
     pad_id: int = 0,
+    require_all: bool = True,
 ) -> dict[str, list[Tensor]]:
     """Run one model over tokenized prompts in right-padded batches, keeping reduced hooks.
+
+    Args:
+        require_all: Raise when a named hook does not fire; with ``False`` such hooks are left
+            out of the result (a predicate selected them among hooks that exist but are not on
+            this model's forward path, e.g. an unused rotary-embedding output).
 
     Returns:
         ``{hook_name: [per-prompt tensor, ...]}`` in the order of ``tokenized``.
@@ -332,8 +478,13 @@ def run_hooks_batched(
             model(toks.to(device), return_type=None)
     for n in names:
         missing = [i for i, v in enumerate(results[n]) if v is None]
-        if missing:
+        if missing and require_all:
             raise ShiftlensError(f"hook {n!r} did not fire on {model_name(model)}")
+        if missing and len(missing) == len(results[n]):
+            del results[n]
+        elif missing:
+            raise ShiftlensError(f"hook {n!r} fired for some prompts of {model_name(model)} and "
+                                 f"not for others (first missing: prompt {missing[0]})")
     return results  # type: ignore[return-value]
 
 
@@ -375,8 +526,7 @@ def capture_pair(
         pair.tokenize(p, response=(p.reference if with_reference and p.reference else None))
         for p in prompts
     ]
-    tok = pair.tokenizer
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    pad_id = pad_token_id(pair.tokenizer)
     data = {}
     for role, model in pair:
         data[role] = run_hooks_batched(
@@ -389,8 +539,12 @@ def capture_pair(
             progress=progress,
             desc=f"capture {role}",
             pad_id=pad_id,
+            require_all=not callable(names_filter),
         )
-    return PairCache(tokenized, names, reduce, dict(pair.names), data)
+    names = [n for n in names if all(n in data[r] for r in data)]
+    cache = PairCache(tokenized, names, reduce, dict(pair.names), data)
+    cache._models = {role: weakref.ref(model) for role, model in pair}
+    return cache
 
 
 def segment_mean(

@@ -107,3 +107,107 @@ def test_long_prompt_is_refused_not_truncated(llama_pair):
     p = InstructionPrompt("Repeat: " + "cat " * 400, instruction=["Repeat:"], id="long-1")
     with pytest.raises(ShiftlensError, match="'long-1'.*exceed the context length 256"):
         llama_pair.run_with_cache([p], progress=False)
+
+
+# ============================================================================ indexing + I/O safety
+def test_indexing_forms_and_clear_errors(llama_pair):
+    names = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    cache = llama_pair.run_with_cache(PROMPTS[:2], names, progress=False)
+    both = cache["blocks.1.hook_resid_post"]
+    assert set(both) == {"base", "tuned"} and both["tuned"] is cache["tuned", names[1]]
+    assert torch.equal(cache["tuned", names[1], 1], cache["tuned", names[1]][1])
+    assert set(cache["base"]) == set(names)
+    with pytest.raises(ShiftlensError, match=r"use cache\[role, hook\]"):
+        cache["blocks.7.hook_resid_post"]
+    with pytest.raises(ShiftlensError, match="did you mean"):
+        cache["tuned", "blocks.1.hook_resid_pots"]
+    with pytest.raises(ShiftlensError, match="unknown model role"):
+        cache["instruct", names[0]]
+    with pytest.raises(ShiftlensError, match="out of range"):
+        cache["base", names[0], 5]
+    assert "2 prompts" in repr(cache) and len(repr(cache)) < 200
+
+
+def test_interrupted_or_tampered_cache_never_loads_as_whole(llama_pair, tmp_path):
+    """Issue 14: an overwrite that dies half-way leaves the old cache; tampering is detected."""
+    import shiftlens.io as sio
+
+    name = ["blocks.0.hook_resid_post"]
+    six = llama_pair.run_with_cache(PROMPTS[:5], name, progress=False)
+    three = llama_pair.run_with_cache(PROMPTS[:2], name, progress=False)
+    d = six.save(tmp_path / "c")
+    real = sio.write_json
+
+    def die(path, obj):  # activations of the new cache written, then the process "dies"
+        raise KeyboardInterrupt
+
+    sio_capture = __import__("shiftlens.capture", fromlist=["write_json"])
+    sio_capture.write_json = die
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            three.save(d)
+    finally:
+        sio_capture.write_json = real
+    back = PairCache.load(d)  # the old, whole cache
+    assert len(back) == 5 and torch.equal(back["base", name[0], 4], six["base", name[0], 4])
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".c.tmp")]
+    # tampering: a changed cache.json, a truncated tensor file, a deleted file
+    import re
+
+    text = (d / "cache.json").read_text()
+    m = re.search(r'"n_prompt": (\d)', text)
+    flipped = str((int(m.group(1)) + 1) % 10)
+    (d / "cache.json").write_text(text[: m.start(1)] + flipped + text[m.end(1):])  # same size
+    with pytest.raises(ShiftlensError, match="cache.json does not match its SHA-256"):
+        PairCache.load(d)
+    d = six.save(tmp_path / "c2")
+    f = d / "activations.safetensors"
+    f.write_bytes(f.read_bytes()[:-7])
+    with pytest.raises(ShiftlensError, match="activations.safetensors has .* bytes"):
+        PairCache.load(d)
+    d = six.save(tmp_path / "c3")
+    (d / "cache.json").unlink()
+    with pytest.raises(ShiftlensError, match="cache.json is missing"):
+        PairCache.load(d)
+
+
+# ============================================================================ TransformerLens interop
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_to_activation_cache_equals_the_models_own(arch, tiny_dirs, tmp_path):
+    """Issue 16: TL's analysis methods on our cache equal the model's own run_with_cache."""
+    from shiftlens import ModelPair
+
+    pair = ModelPair.from_pretrained(*tiny_dirs(arch))
+    p = PROMPTS[1]
+    cache = pair.run_with_cache([PROMPTS[0], p], lambda n: True, progress=False)
+    ac = cache.to_activation_cache("tuned", 1)
+    toks = pair.tokenize(p, response=p.reference or None).tokens
+    _, ref = pair.tuned.run_with_cache(toks[None])
+    for name in ("blocks.1.hook_resid_post", "blocks.0.attn.hook_pattern"):
+        torch.testing.assert_close(ac[name], ref[name])
+    torch.testing.assert_close(ac["resid_post", 1], ref["resid_post", 1])
+    a, la = ac.accumulated_resid(layer=-1, incl_mid=True, return_labels=True)
+    b, lb = ref.accumulated_resid(layer=-1, incl_mid=True, return_labels=True)
+    assert la == lb
+    torch.testing.assert_close(a, b)
+    a, la = ac.decompose_resid(layer=-1, return_labels=True)
+    b, lb = ref.decompose_resid(layer=-1, return_labels=True)
+    assert la == lb
+    torch.testing.assert_close(a, b)
+    stack = ac.accumulated_resid(layer=-1, pos_slice=-1)
+    tokens = toks[-1:]
+    torch.testing.assert_close(ac.logit_attrs(stack, tokens=tokens, pos_slice=-1),
+                               ref.logit_attrs(ref.accumulated_resid(layer=-1, pos_slice=-1),
+                                               tokens=tokens, pos_slice=-1))
+    torch.testing.assert_close(ac.apply_ln_to_stack(stack, layer=-1, pos_slice=-1),
+                               ref.apply_ln_to_stack(ref.accumulated_resid(layer=-1, pos_slice=-1),
+                                                     layer=-1, pos_slice=-1))
+    # after a save/load round trip the model must be passed
+    back = PairCache.load(cache.save(tmp_path / "c"))
+    with pytest.raises(ShiftlensError, match="pass model="):
+        back.to_activation_cache("tuned", 1)
+    torch.testing.assert_close(back.to_activation_cache("tuned", 1, pair.tuned)["resid_post", 0],
+                               ref["resid_post", 0])
+    red = pair.run_with_cache([p], ["blocks.0.hook_resid_post"], reduce="last", progress=False)
+    with pytest.raises(ShiftlensError, match="reduce=None"):
+        red.to_activation_cache("base", 0)
