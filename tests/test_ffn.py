@@ -453,17 +453,17 @@ def test_concept_shift_planted_concept_raises_the_tuned_share(pair4, vocab4):
 
 def test_concept_shift_default_lexicon_and_round_trip(pair2, vocab2, tmp_path):
     res = ffn.concept_shift(pair2, layers=[1], k=6, top_words=15, vocab=vocab2, progress=False)
-    assert res.meta["annotator"] == "lexicon" and res.meta["seeds"] == [0]
+    assert res.params["annotator"] == "lexicon" and res.params["seeds"] == [0]
     assert set(res.to_frame()["task"]) <= set(ffn.TASKS)
     res.save(tmp_path / "cs")
-    back = ffn.ConceptShift.load(tmp_path / "cs")
+    back = ffn.ConceptShiftResult.load(tmp_path / "cs")
     assert back.meta == res.meta
     assert back.to_frame().equals(res.to_frame())
     fig = back.show()
     assert len(fig.axes) == 3
     rot = ffn.rotation(pair2, 4, vocab=vocab2, progress=False)
     rot.save(tmp_path / "rot")
-    rb = ffn.Rotation.load(tmp_path / "rot")
+    rb = ffn.RotationResult.load(tmp_path / "rot")
     assert rb.to_frame().equals(rot.to_frame()) and rb.moved.equals(rot.moved)
     torch.testing.assert_close(rb.angles, rot.angles)
     assert to_jsonable(rb.summary()) == to_jsonable(rot.summary())

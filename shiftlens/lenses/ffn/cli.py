@@ -37,9 +37,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def run_concepts(args: argparse.Namespace) -> int:
     """``shiftlens concepts``: a layer's W_out principal components read as words."""
-    from shiftlens.ffn import LexiconAnnotator, concept_words
-    from shiftlens.pair import load_bridge
-    from shiftlens.weights import check_layer
+    from shiftlens.bridge import load_bridge
+    from shiftlens.checks import check_layer
+    from shiftlens.lenses.ffn.core import concept_words
+    from shiftlens.lenses.ffn.lexicon import LexiconAnnotator
 
     device = A.device(args.device)
     model = load_bridge(A.model_ref(args.model), device=device, dtype=A.dtype(args.dtype))

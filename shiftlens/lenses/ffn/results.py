@@ -1,0 +1,468 @@
+"""The Result classes of lens 3: concept shares base vs tuned, and the rotation of W_out.
+
+Both are :class:`shiftlens.result.Result` subclasses: saved and loaded by field type (JSON +
+Parquet + safetensors, atomic and verified), checked on load by :meth:`validate`, drawn by
+:meth:`plot` (:mod:`shiftlens.lenses.ffn.plots`). The lens parameters are in
+``meta["params"]`` (also the read-only property ``params``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from shiftlens.errors import ShiftlensError
+from shiftlens.lenses.ffn.core import LEVELS, TASKS, USER_TASKS
+from shiftlens.result import Result
+from shiftlens.stats import bootstrap_ci, welch_test
+
+__all__ = ["ConceptShiftResult", "RotationResult", "ConceptShift", "Rotation"]
+
+#: Columns of :attr:`ConceptShiftResult.annotations`, in order.
+ANNOTATION_COLUMNS: tuple[str, ...] = (
+    "model", "layer", "group", "component", "explained_variance_ratio", "seed", "task",
+    "task_confidence", "level", "level_confidence", "explainable", "description", "words",
+    "scores",
+)
+#: Columns of :attr:`RotationResult.layers`, in order.
+LAYER_COLUMNS: tuple[str, ...] = (
+    "layer", "group", "k", "overlap", "mean_angle_deg", "max_angle_deg", "grassmann",
+    "tuned_var_by_base", "tuned_var_by_tuned", "var_retained", "base_var_by_base",
+    "base_var_by_tuned",
+)
+#: Columns of :attr:`RotationResult.moved`, in order.
+MOVED_COLUMNS: tuple[str, ...] = (
+    "layer", "side", "component", "explained_variance_ratio", "inside_other", "best_match",
+    "best_cos", "words_before", "scores_before", "words_after", "scores_after",
+)
+_STAT_COLUMNS = ("base_mean", "base_std", "tuned_mean", "tuned_std", "diff", "t", "p", "df",
+                 "ci_low", "ci_high", "n_base", "n_tuned", "unit")
+
+
+def _require_columns(df: pd.DataFrame, cols: tuple[str, ...], what: str) -> None:
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise ShiftlensError(f"{what} lacks the columns {missing}")
+
+
+def _params(meta: Any) -> dict[str, Any]:
+    p = meta.get("params") if isinstance(meta, dict) else None
+    return dict(p) if isinstance(p, dict) else {}
+
+
+def _nan_stats(values: np.ndarray) -> tuple[float, float]:
+    """Mean and sample std (NaN where undefined), NaN-aware."""
+    mean = float(np.nanmean(values)) if len(values) else float("nan")
+    std = float(np.nanstd(values, ddof=1)) if len(values) >= 2 else float("nan")
+    return mean, std
+
+
+# ============================================================================ concept shift
+@dataclass(eq=False, repr=False)
+class ConceptShiftResult(Result):
+    """Shares of concepts per task and per linguistic level, base vs tuned (Wu et al. §5).
+
+    Attributes:
+        annotations: One row per (model, layer, component, seed): ``model`` (base/tuned),
+            ``layer``, ``group`` (lower/middle/upper), ``component``,
+            ``explained_variance_ratio``, ``seed``, ``task``, ``task_confidence``, ``level``
+            (None when unexplainable), ``level_confidence``, ``explainable``,
+            ``description``, ``words`` and ``scores`` (``|``-separated, most aligned first).
+        meta: Models, seed (the annotator's first seed: the bootstrap's), ``params`` (layers,
+            k, top_words, annotator, annotator_repr, seeds, vocab_size, method, device),
+            versions, and n_layers, processing, tasks, levels.
+
+    Shares are taken over *explainable* concepts (the paper drops "Cannot Tell" concepts),
+    per seed; with several seeds they are reported as mean and spread (std) over seeds and
+    the tuned-vs-base Welch t-test runs across seeds (as the paper's t-test over its five
+    ChatGPT runs). With one seed (a deterministic annotator) the test runs across concepts
+    (0/1 indicators), which treats components as independent samples.
+
+    Example:
+        >>> res = concept_shift(pair, layers=[0, 1], k=8)  # doctest: +SKIP
+        >>> res.summary()["sentence"]  # doctest: +SKIP
+    """
+
+    annotations: pd.DataFrame
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The lens parameters (``meta["params"]``), read-only copy.
+
+        Example:
+            >>> res.params["annotator"]  # doctest: +SKIP
+            'lexicon'
+        """
+        return _params(self.meta)
+
+    # -- invariants
+    def validate(self) -> None:
+        """Refuse inconsistent fields: columns, labels, one row per (model, layer, component,
+        seed), and ``len(models) x len(layers) x k x len(seeds)`` rows when ``params`` says so.
+
+        Example:
+            >>> res.validate()  # doctest: +SKIP
+        """
+        df = self.annotations
+        if not isinstance(df, pd.DataFrame):
+            raise ShiftlensError(f"ConceptShiftResult.annotations must be a DataFrame, got "
+                                 f"{type(df).__name__}")
+        _require_columns(df, ANNOTATION_COLUMNS, "ConceptShiftResult.annotations")
+        if not len(df):
+            raise ShiftlensError("ConceptShiftResult.annotations is empty")
+        bad = sorted(set(df["model"]) - {"base", "tuned"})
+        if bad:
+            raise ShiftlensError(f"ConceptShiftResult: unknown model roles {bad}")
+        bad = sorted(set(df["task"]) - set(TASKS))
+        if bad:
+            raise ShiftlensError(f"ConceptShiftResult: unknown task labels {bad}")
+        ex = df["explainable"].astype(bool)
+        bad = sorted(set(df.loc[ex, "level"]) - set(LEVELS), key=str)
+        if bad:
+            raise ShiftlensError(f"ConceptShiftResult: explainable concepts with levels {bad}")
+        if df.duplicated(["model", "layer", "component", "seed"]).any():
+            raise ShiftlensError("ConceptShiftResult: a (model, layer, component, seed) occurs "
+                                 "twice")
+        p = self.params
+        if {"layers", "k", "seeds"} <= set(p):
+            want = 2 * len(p["layers"]) * int(p["k"]) * len(p["seeds"])
+            if len(df) != want:
+                raise ShiftlensError(
+                    f"ConceptShiftResult: {len(df)} annotations, but 2 models x "
+                    f"{len(p['layers'])} layers x k={p['k']} x {len(p['seeds'])} seeds = {want}")
+            extra = sorted(set(df["layer"].astype(int)) - set(p["layers"]))
+            if extra:
+                raise ShiftlensError(f"ConceptShiftResult: layers {extra} are not in params")
+
+    # -- frames
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (model, layer, component, seed).
+
+        Example:
+            >>> res.to_frame().columns[:4].tolist()  # doctest: +SKIP
+            ['model', 'layer', 'group', 'component']
+        """
+        return self.annotations.copy()
+
+    def groups(self) -> list[str]:
+        """``"all"``, then the layer groups present (in order of appearance).
+
+        Example:
+            >>> res.groups()  # doctest: +SKIP
+            ['all', 'lower', 'middle', 'upper']
+        """
+        return ["all", *dict.fromkeys(self.annotations["group"].tolist())]
+
+    @staticmethod
+    def _indicators(df: pd.DataFrame, kind: str, label: str) -> pd.Series:
+        col = "task" if kind == "task" else "level"
+        if label == "user-oriented":
+            return df[col].isin(USER_TASKS).astype(float)
+        return (df[col] == label).astype(float)
+
+    @staticmethod
+    def _labels(kind: str) -> tuple[str, ...]:
+        return (*TASKS, "user-oriented") if kind == "task" else LEVELS
+
+    def shares(self) -> pd.DataFrame:
+        """Share of explainable concepts per (model, seed, group, kind, label).
+
+        ``group`` is "all" or a layer group (lower/middle/upper); ``kind`` is "task" (labels:
+        the tasks and "user-oriented" = any of the four) or "level"; plus kind "explainable"
+        (share of all concepts that were explainable).
+
+        Example:
+            >>> res.shares().query("kind == 'task' and group == 'all'")  # doctest: +SKIP
+        """
+        df = self.annotations
+        rows = []
+        for group in self.groups():
+            g = df if group == "all" else df[df["group"] == group]
+            for (model, seed), sub in g.groupby(["model", "seed"], sort=True):
+                ex = sub[sub["explainable"]]
+                rows.append(dict(model=model, seed=int(seed), group=group, kind="explainable",
+                                 label="explainable", share=float(sub["explainable"].mean()),
+                                 n=len(sub)))
+                for kind in ("task", "level"):
+                    for label in self._labels(kind):
+                        share = (float(self._indicators(ex, kind, label).mean()) if len(ex)
+                                 else float("nan"))
+                        rows.append(dict(model=model, seed=int(seed), group=group, kind=kind,
+                                         label=label, share=share, n=len(ex)))
+        return pd.DataFrame(rows)
+
+    def _samples(self, group: str, kind: str, label: str) -> tuple[np.ndarray, np.ndarray]:
+        """The per-concept 0/1 samples (tuned, base) of one label (one-seed test unit)."""
+        df = self.annotations
+        g = df if group == "all" else df[df["group"] == group]
+        if kind == "explainable":
+            return (g[g["model"] == "tuned"]["explainable"].astype(float).to_numpy(),
+                    g[g["model"] == "base"]["explainable"].astype(float).to_numpy())
+        ex = g[g["explainable"]]
+        return (self._indicators(ex[ex["model"] == "tuned"], kind, label).to_numpy(),
+                self._indicators(ex[ex["model"] == "base"], kind, label).to_numpy())
+
+    def stats(self) -> pd.DataFrame:
+        """Per (group, kind, label): base and tuned mean/std over seeds, diff, Welch test.
+
+        With two or more seeds the test's unit is the seed (per-seed shares); with one it is
+        the component (0/1 indicators).
+
+        Example:
+            >>> res.stats().query("group == 'all' and label == 'coding'")  # doctest: +SKIP
+        """
+        sh = self.shares()
+        several = self.annotations["seed"].nunique() >= 2
+        rows = []
+        for (group, kind, label), sub in sh.groupby(["group", "kind", "label"], sort=False):
+            b = sub[sub["model"] == "base"]["share"].to_numpy()
+            t = sub[sub["model"] == "tuned"]["share"].to_numpy()
+            a_s, b_s = (t, b) if several else self._samples(group, kind, label)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                test = welch_test(a_s, b_s, seed=int(self.meta.get("seed") or 0))
+                (bm, bsd), (tm, tsd) = _nan_stats(b), _nan_stats(t)
+                diff = float(np.nanmean(t) - np.nanmean(b)) if len(t) and len(b) else float("nan")
+            rows.append(dict(
+                group=group, kind=kind, label=label, base_mean=bm, base_std=bsd,
+                tuned_mean=tm, tuned_std=tsd, diff=diff, t=test.statistic, p=test.pvalue,
+                df=test.df, ci_low=test.ci_low, ci_high=test.ci_high, n_base=test.n_b,
+                n_tuned=test.n_a, unit="seeds" if several else "components",
+            ))
+        return pd.DataFrame(rows)
+
+    def summary(self) -> dict[str, Any]:
+        """Headline numbers: task and level shares base -> tuned (overall and per layer group).
+
+        Example:
+            >>> res.summary()["task"]["user-oriented"]["diff"]  # doctest: +SKIP
+        """
+        st = self.stats()
+        p = self.params
+        out: dict[str, Any] = {"models": self.meta.get("models"), "annotator": p.get("annotator"),
+                               "seeds": p.get("seeds"), "k": p.get("k"),
+                               "layers": p.get("layers")}
+        for kind in ("task", "level", "explainable"):
+            sub = st[(st["group"] == "all") & (st["kind"] == kind)]
+            out[kind] = {r["label"]: {c: r[c] for c in _STAT_COLUMNS} for _, r in sub.iterrows()}
+        out["by_group"] = {
+            g: {r["label"]: {"base": r["base_mean"], "tuned": r["tuned_mean"], "diff": r["diff"],
+                             "p": r["p"]} for _, r in sub.iterrows()}
+            for g, sub in st[st["group"] != "all"].groupby("group", sort=False)
+        }
+        uo = out["task"].get("user-oriented", {})
+        tasks = {k: v for k, v in out["task"].items() if k in USER_TASKS}
+        top_task = max(tasks, key=lambda k: abs(np.nan_to_num(tasks[k]["diff"])), default="none")
+        levels = out["level"]
+        top_level = max(levels, key=lambda k: abs(np.nan_to_num(levels[k]["diff"])),
+                        default="semantics")
+        if uo:
+            out["sentence"] = (
+                f"User-oriented concepts: {uo['base_mean']:.1%} of explainable components in base "
+                f"-> {uo['tuned_mean']:.1%} in tuned ({uo['diff']:+.1%}, Welch p={uo['p']:.2g} "
+                f"across {uo['unit']}); largest task change: {top_task} "
+                f"({tasks[top_task]['diff']:+.1%}); largest linguistic-level change: {top_level} "
+                f"({levels[top_level]['diff']:+.1%})."
+            )
+        return out
+
+    def plot(self, *, by_group: bool = False, kind: str = "task",
+             labels: Any = None) -> Any:
+        """Bar charts of the shares, base vs tuned (error bars: std over seeds).
+
+        Args:
+            by_group: False: task and level shares over all layers and the user-oriented
+                share per layer group (three panels); True: one panel per label, x = layer
+                group, with Welch p-values (:func:`~shiftlens.lenses.ffn.plots.concept_share_figure`).
+            kind: With ``by_group``: ``"task"`` or ``"level"``.
+            labels: With ``by_group``: the labels to draw.
+
+        Example:
+            >>> fig = res.plot(by_group=True)  # doctest: +SKIP
+        """
+        from shiftlens.lenses.ffn import plots
+
+        if by_group:
+            return plots.concept_share_figure(self, labels=labels, kind=kind)
+        return plots.concept_shift_figure(self)
+
+    def _repr_info(self) -> str:
+        p = self.params
+        return (f"annotator={p.get('annotator')!r}, k={p.get('k')}, layers={p.get('layers')}, "
+                f"seeds={len(p.get('seeds') or ())}, annotations=<{len(self.annotations)} rows>")
+
+
+# ============================================================================ rotation
+@dataclass(eq=False, repr=False)
+class RotationResult(Result):
+    """How far tuning rotated each layer's W_out principal subspace.
+
+    Attributes:
+        layers: One row per layer: ``overlap`` (mean cos^2 of the principal angles between
+            the base and tuned top-k subspaces: 1 = same subspace, ``k/d_model`` = chance for
+            random subspaces), ``mean_angle_deg``, ``max_angle_deg``, ``grassmann``
+            (sqrt of the sum of squared angles, radians), ``tuned_var_by_base`` (share of the
+            tuned W_out variance inside the base top-k subspace), ``tuned_var_by_tuned`` (its
+            upper bound, the tuned top-k's own share), ``var_retained`` (their ratio),
+            ``base_var_by_base``, ``base_var_by_tuned``.
+        moved: The components that moved most, per layer and side: ``side="tuned"`` rows are
+            tuned components least inside the base subspace (new directions), with their words
+            (``words_after``) and the best-matching base component's words
+            (``words_before``, sign aligned); ``side="base"`` rows are base components least
+            inside the tuned subspace (lost directions).
+        angles: ``[n_layers, k]`` principal angles (radians, ascending), one row per row of
+            ``layers``.
+        meta: Models, seed (solver and bootstrap), ``params`` (layers, k, top_words, n_moved,
+            method, vocab_size, device), versions, and n_layers, d_model, chance_overlap,
+            processing.
+
+    Example:
+        >>> rot = rotation(pair, k=8)  # doctest: +SKIP
+        >>> rot.summary()["most_rotated_layer"]  # doctest: +SKIP
+    """
+
+    layers: pd.DataFrame
+    moved: pd.DataFrame
+    angles: Float[Tensor, "n_layers k"]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The lens parameters (``meta["params"]``), read-only copy.
+
+        Example:
+            >>> rot.params["k"]  # doctest: +SKIP
+            32
+        """
+        return _params(self.meta)
+
+    @property
+    def k(self) -> int:
+        """The subspace dimension.
+
+        Example:
+            >>> rot.k  # doctest: +SKIP
+            32
+        """
+        return int(self.angles.shape[1])
+
+    @property
+    def chance_overlap(self) -> float:
+        """``k / d_model``: the expected overlap of two random k-dimensional subspaces.
+
+        Example:
+            >>> rot.chance_overlap  # doctest: +SKIP
+            0.25
+        """
+        return float(self.meta.get("chance_overlap", float("nan")))
+
+    def validate(self) -> None:
+        """Refuse inconsistent fields: one angle row per layer row, ``k`` angles in
+        [0, pi/2], the layers of ``params``, moved rows only of those layers.
+
+        Example:
+            >>> rot.validate()  # doctest: +SKIP
+        """
+        if not isinstance(self.layers, pd.DataFrame) or not isinstance(self.moved, pd.DataFrame):
+            raise ShiftlensError("RotationResult.layers and .moved must be DataFrames")
+        if not isinstance(self.angles, Tensor) or self.angles.dim() != 2:
+            raise ShiftlensError("RotationResult.angles must be a [n_layers, k] tensor")
+        _require_columns(self.layers, LAYER_COLUMNS, "RotationResult.layers")
+        _require_columns(self.moved, MOVED_COLUMNS, "RotationResult.moved")
+        n = len(self.layers)
+        if n == 0 or self.angles.shape[0] != n:
+            raise ShiftlensError(f"RotationResult: {self.angles.shape[0]} rows of angles for "
+                                 f"{n} layers")
+        if (self.layers["k"].astype(int) != self.k).any():
+            raise ShiftlensError(f"RotationResult: layers say k={sorted(set(self.layers['k']))}, "
+                                 f"angles have {self.k} columns")
+        a = self.angles.double()
+        if not bool(torch.isfinite(a).all()) or bool((a < -1e-6).any()) \
+                or bool((a > math.pi / 2 + 1e-6).any()):
+            raise ShiftlensError("RotationResult: principal angles outside [0, pi/2]")
+        layers = self.layers["layer"].astype(int).tolist()
+        want = self.params.get("layers")
+        if want is not None and list(want) != layers:
+            raise ShiftlensError(f"RotationResult: layer rows {layers} but params say {want}")
+        stray = sorted(set(self.moved["layer"].astype(int)) - set(layers)) if len(self.moved) \
+            else []
+        if stray:
+            raise ShiftlensError(f"RotationResult: moved components of layers {stray} that "
+                                 "were not compared")
+        bad = sorted(set(self.moved["side"]) - {"base", "tuned"}) if len(self.moved) else []
+        if bad:
+            raise ShiftlensError(f"RotationResult: unknown sides {bad} in moved")
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per layer.
+
+        Example:
+            >>> rotation(pair, k=8).to_frame()[["layer", "overlap"]]  # doctest: +SKIP
+        """
+        return self.layers.copy()
+
+    def summary(self) -> dict[str, Any]:
+        """Most rotated layer, overlap overall and per layer group (bootstrap CI over layers).
+
+        Example:
+            >>> rot.summary()["sentence"]  # doctest: +SKIP
+        """
+        df = self.layers
+        seed = int(self.meta.get("seed") or 0)
+        worst = df.loc[df["overlap"].idxmin()]
+        chance = self.chance_overlap
+        by_group = {}
+        for g, sub in df.groupby("group", sort=False):
+            lo, hi = bootstrap_ci(sub["overlap"].to_numpy(), seed=seed)
+            by_group[g] = {"overlap": float(sub["overlap"].mean()), "ci_low": lo, "ci_high": hi,
+                           "var_retained": float(sub["var_retained"].mean()),
+                           "n_layers": len(sub)}
+        lo, hi = bootstrap_ci(df["overlap"].to_numpy(), seed=seed)
+        out = {
+            "models": self.meta.get("models"), "k": self.params.get("k"),
+            "chance_overlap": chance,
+            "mean_overlap": float(df["overlap"].mean()), "overlap_ci": (lo, hi),
+            "min_overlap": float(worst["overlap"]),
+            "most_rotated_layer": int(worst["layer"]),
+            "most_rotated_mean_angle_deg": float(worst["mean_angle_deg"]),
+            "mean_var_retained": float(df["var_retained"].mean()),
+            "by_group": by_group,
+        }
+        out["sentence"] = (
+            f"Top-{out['k']} W_out subspaces: mean overlap {out['mean_overlap']:.3f} "
+            f"(95% CI over layers [{lo:.3f}, {hi:.3f}]; 1 = unchanged, chance {chance:.3f}); "
+            f"most rotated layer {out['most_rotated_layer']} (overlap {out['min_overlap']:.3f}, "
+            f"mean angle {out['most_rotated_mean_angle_deg']:.1f} deg); base components explain "
+            f"{out['mean_var_retained']:.1%} of the variance tuned components explain."
+        )
+        return out
+
+    def plot(self) -> Any:
+        """Overlap and retained variance per layer (with the chance overlap), and the principal
+        angles per layer (:func:`~shiftlens.lenses.ffn.plots.rotation_figure`).
+
+        Example:
+            >>> fig = rot.plot()  # doctest: +SKIP
+        """
+        from shiftlens.lenses.ffn import plots
+
+        return plots.rotation_figure(self)
+
+    def _repr_info(self) -> str:
+        return f"k={self.k}, layers={self.layers['layer'].tolist()}, moved=<{len(self.moved)} rows>"
+
+
+#: The names before issue 13 (``shiftlens.ffn.ConceptShift`` / ``Rotation``).
+ConceptShift = ConceptShiftResult
+Rotation = RotationResult
+ConceptShiftResult.register_alias("ConceptShift")
+RotationResult.register_alias("Rotation")
