@@ -1,26 +1,16 @@
 """Prompt sources researchers already have, read into :class:`InstructionPrompt` lists.
 
-:func:`shiftlens.load_prompts` is the entry point; this module holds the readers. A source has a
-*container* (JSON list or JSONL, CSV/TSV, a ``datasets`` dataset, a list of dicts in memory) and
-a *record shape*, and each shape says where the spans are:
-
-* native (``"jsonl"``): ``text`` plus its ``instruction`` / ``context`` spans, verbatim;
-* instruction/context fields (``"alpaca"``, ``"csv"``, ``"tsv"``, ``"hf"`` with a column
-  mapping): the prompt is rendered from a template, so both spans are known exactly;
-* conversations (``"messages"``, ``"sharegpt"``): the analysed user turn is the instruction,
-  everything before it (system message, earlier turns, role labels) template, and the
-  assistant reply that follows it the reference;
-* the Wu et al. (2024) release (``"wu2024"``): annotated spans located in the prompt.
-
-Nothing is dropped silently: a bad record raises :class:`~shiftlens.ShiftlensError` naming the
-file, line (or row) and field; with ``on_error="skip"`` it is listed, with its reason, in the
-``.report`` of the returned :class:`PromptList` and summed up in one
-:class:`~shiftlens.ShiftlensWarning`. Fields a shape does not use are kept in ``meta``.
+:func:`shiftlens.load_prompts` is the entry point. A source is a *container* (JSON list or JSONL,
+CSV/TSV, a ``datasets`` dataset or file, a list of dicts) of records of one *shape*: native
+(``text`` + spans), instruction/context fields (rendered from a template: spans known by
+construction), conversations (the analysed user turn is the instruction) or the Wu et al. (2024)
+release (:mod:`shiftlens.wu2024`). A bad record raises :class:`~shiftlens.ShiftlensError` naming
+the file, line (or row) and field, or with ``on_error="skip"`` is listed in the returned
+:class:`PromptList`'s ``.report``; unused fields are kept in ``meta``. Rules: docs/prompts.md.
 """
 
 from __future__ import annotations
 
-import bisect
 import csv
 import io
 import json
@@ -248,15 +238,16 @@ def _json_records(text: str, label: str) -> list[_Rec]:
 
 def _json_items(text: str, label: str) -> list[_Rec]:
     """The items of a valid JSON list, each with its line (errors per item: duplicate keys)."""
-    newlines = [i for i, c in enumerate(text) if c == "\n"]
     ws = " \t\n\r"
     i, k, recs = text.index("[") + 1, 0, []
+    line, counted = 1, 0
     while True:
         while text[i] in ws:
             i += 1
         if text[i] == "]":
             return recs
-        where = f"{label}:{bisect.bisect_left(newlines, i) + 1} (item {k})"
+        line, counted = line + text.count("\n", counted, i), i
+        where = f"{label}:{line} (item {k})"
         try:
             obj, end = _decode_one(text, i)
             recs.append(_Rec(where, data=obj, n=k))
@@ -371,8 +362,9 @@ def _shape_of(rec: Any, mapping: Mapping[str, str]) -> str | None:
 
 
 def _detect_shape(recs: list[_Rec], mapping: Mapping[str, str], label: str) -> tuple[str, str]:
+    """The shape of the first record that is an object or a list, and the evidence."""
     for r in recs:
-        if r.error is None:
+        if r.error is None and isinstance(r.data, (dict, list)):
             shape = _shape_of(r.data, mapping)
             if shape is None:
                 keys = sorted(r.data) if isinstance(r.data, dict) else type(r.data).__name__
@@ -387,7 +379,8 @@ def _detect_shape(recs: list[_Rec], mapping: Mapping[str, str], label: str) -> t
                     else "keys " + ", ".join(sorted(map(str, r.data))[:8]))
             return shape, f"{r.where} has {what}"
     if recs:
-        raise ShiftlensError(f"{recs[0].where}: {recs[0].error}")
+        why = recs[0].error or "cannot tell the format: no record is an object or a list"
+        raise ShiftlensError(f"{recs[0].where}: {why}")
     return "jsonl", f"{label} holds no records"
 
 
@@ -653,6 +646,10 @@ def _fields_prompt(rec: _Rec, opts: _Opts, notes: list[str]) -> list[Instruction
         msgs = ([{"role": "system", "content": opts.system}] if opts.system else []) + [
             {"role": "user", "content": user}]
         text, at = _render_chat(opts.tokenizer, msgs, len(msgs) - 1, label=repr(pid))
+        if "chat_template" in extras:
+            raise ShiftlensError("the record's field 'chat_template' clashes with the meta key "
+                                 "shiftlens adds for chat rendering; rename it")
+        extras["chat_template"] = True
         spans = {"instruction": (at, at + len(instruction))}
         if context:
             spans["context"] = (at + len(instruction) + 2, at + len(user))
@@ -712,7 +709,7 @@ def _conversation_prompts(messages: Any, *, turn: int | str, tokenizer: Any, sys
     msgs, extras = _norm_messages(messages, roles or {})
     if system is not None:
         _check_str(system, "system")
-    clash = sorted({"turn", "n_user_turns", "message_extras"} & set(meta))
+    clash = sorted({"turn", "n_user_turns", "message_extras", "chat_template"} & set(meta))
     if clash:
         raise ShiftlensError(f"the record's field(s) {clash} clash with the meta keys shiftlens "
                              "adds for conversations; rename them")
@@ -752,6 +749,8 @@ def _conversation_prompts(messages: Any, *, turn: int | str, tokenizer: Any, sys
             at = len(head) + len(TRANSCRIPT_LABELS["user"])
             text = f"{head}{TRANSCRIPT_LABELS['user']}{content}\nAssistant:\n"
         m = {**meta, "turn": k, "n_user_turns": len(users)}
+        if chat:
+            m["chat_template"] = True
         if extras:
             m["message_extras"] = extras
         out.append(InstructionPrompt(text, instruction=[(at, at + len(content))],
@@ -823,6 +822,8 @@ def _load(source: Any, fmt: str, *, on_error: str, template: Any, tokenizer: Any
     for k, v in mapping.items():
         if not isinstance(v, str) or not v:
             raise ShiftlensError(f"{k}= must name a field (a non-empty string), got {_short(v)}")
+    if len(set(mapping.values())) < len(mapping):
+        raise ShiftlensError(f"the field mapping {mapping} uses one field twice")
     if split is not None and not isinstance(split, str):
         raise ShiftlensError(f"split must be a string, got {_short(split)}")
     src = _open(source, fmt, mapping, split)

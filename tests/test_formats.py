@@ -147,6 +147,7 @@ def test_alpaca_chat_template_moves_spans(tok):
     assert a.char_spans() == {"instruction": [(42, 57)], "context": [(59, 69)]}
     assert b.text == "<bos><|system|>\nBe brief.<|end|>\n<|user|>\nName a prime.<|end|>\n<|assistant|>\n"
     assert ps.report.rendering.startswith("chat template of ")
+    assert a.meta == {"chat_template": True} and b.meta == {"source": "me", "chat_template": True}
     # the tokens the masks select decode back to exactly the spans
     tp = tokenize_prompt(tok, a, prepend_bos=True)
     ids = tp.tokens.tolist()
@@ -312,6 +313,7 @@ def test_conversation_chat_template(tok):
     assert p.text == ("<bos><|system|>\nBe brief.<|end|>\n<|user|>\nAgain?<|end|>\n<|assistant|>\n"
                       "Yes.<|end|>\n<|user|>\nAgain?<|end|>\n<|assistant|>\n")
     assert p.char_spans()["instruction"] == [(91, 97)]  # the second "Again?", not (42, 48)
+    assert p.meta == {"turn": 1, "n_user_turns": 2, "chat_template": True}
     own = {"messages": [{"role": "system", "content": "Mine."}] + repeat["messages"][:1]}
     assert load_prompts([own], tokenizer=tok, system="Be brief.")[0].text.startswith(
         "<bos><|system|>\nMine.<|end|>")
@@ -770,3 +772,16 @@ def test_example_runs(path, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", [str(path)])
     runpy.run_path(str(path), run_name="__main__")
     assert "instruction" in capsys.readouterr().out
+
+
+def test_detection_skips_leading_non_records_and_mapping_twice(tmp_path):
+    f = write(tmp_path / "a.jsonl", "null\n" + json.dumps(ALPACA[0]) + "\n")
+    assert detect_format(f) == ("alpaca", f"{f}:2 has keys input, instruction, output")
+    with pytest.raises(ShiftlensError, match=r"a.jsonl:1: a record must be an object"):
+        load_prompts(f)
+    with pytest.warns(ShiftlensWarning):
+        assert len(load_prompts(f, on_error="skip")) == 1
+    with pytest.raises(ShiftlensError, match=r"record 0: cannot tell the format: no record is an object"):
+        load_prompts(["hi", 3])
+    with pytest.raises(ShiftlensError, match="uses one field twice"):
+        load_prompts(ALPACA, instruction="input", context="input")
