@@ -391,7 +391,7 @@ def _open(source: Any, fmt: str, mapping: Mapping[str, str], split: str | None) 
             raise ShiftlensError(f"a datasets object is read with format='hf', not {fmt!r}")
         recs, label = _hf_records(source, split, "dataset")
         shape, why = _detect_shape(recs, mapping, label)
-        return _Source("hf", shape, f"a {type(source).__name__}; {why} -> {shape} records",
+        return _Source("hf", shape, f"{type(source).__name__} object; {why} -> {shape} records",
                        label, "row", recs)
     if isinstance(source, (list, tuple)):
         if split is not None:

@@ -356,7 +356,7 @@ def test_hf_dataset_dict_disk_and_parquet(tmp_path):
     ds = datasets.Dataset.from_list(rows)
     kw = dict(instruction="question", context="passage", reference="answer")
     ps = load_prompts(ds, **kw)
-    assert ps.report.format == "hf" and ps.report.detected.startswith("a Dataset; dataset row 0 has keys")
+    assert ps.report.format == "hf" and ps.report.detected.startswith("Dataset object; dataset row 0 has keys")
     assert spans(ps[0]) == (["Sort the words."], ["pear apple"]) and ps[0].id == "h1"
     assert ps[1].context == () and ps[1].reference == "7"
     dd = datasets.DatasetDict({"train": ds, "test": ds.select([1])})
