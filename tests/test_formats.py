@@ -785,3 +785,48 @@ def test_detection_skips_leading_non_records_and_mapping_twice(tmp_path):
         load_prompts(["hi", 3])
     with pytest.raises(ShiftlensError, match="uses one field twice"):
         load_prompts(ALPACA, instruction="input", context="input")
+
+
+def every_format_files(tmp_path, rows):
+    """The same (id, instruction, context) rows written in every file format; {format: path}."""
+    import datasets
+
+    alp = [{"id": i, "instruction": ins, "input": ctx, "output": "ok"} for i, ins, ctx in rows]
+    chats = [{"id": i, "messages": [{"role": "user", "content": ins}]} for i, ins, _ in rows]
+    share = [{"id": i, "conversations": [{"from": "human", "value": ins}]} for i, ins, _ in rows]
+    buf = io.StringIO()
+    csv.writer(buf).writerows([["id", "instruction", "input"], *rows])
+    tsv = "id\tinstruction\tinput\n" + "".join(f"{i}\t{a}\t{b}\n" for i, a, b in rows)
+    wu = WU_HEADER + "".join(f"{i}\t{a} {b}\tok\t{a}&&&{b}\n" for i, a, b in rows)
+    native = [{"id": i, "text": f"{a} {b}", "instruction": [a], "context": [b]} for i, a, b in rows]
+    datasets.Dataset.from_list(alp).to_parquet(str(tmp_path / "hf.parquet"))
+    return {
+        "alpaca": write(tmp_path / "alpaca.json", json.dumps(alp, ensure_ascii=False)),
+        "messages": dump_jsonl(tmp_path / "m.jsonl", chats),
+        "sharegpt": write(tmp_path / "s.json", json.dumps(share, ensure_ascii=False)),
+        "csv": write(tmp_path / "c.csv", buf.getvalue()),
+        "tsv": write(tmp_path / "t.tsv", tsv),
+        "wu2024": write(tmp_path / "w.tsv", wu),
+        "jsonl": dump_jsonl(tmp_path / "n.jsonl", native),
+        "hf": tmp_path / "hf.parquet",
+    }
+
+
+def test_unicode_in_every_format(tmp_path):
+    rows = [("ü-1", "Übersetze ins Japanische:", "猫が寝ている 🐈"), ("ü-2", "Résume en un mot", "ça va")]
+    for fmt, f in every_format_files(tmp_path, rows).items():
+        ps = load_prompts(f)
+        assert ps.report.format == fmt and [p.id for p in ps] == ["ü-1", "ü-2"], fmt
+        for p, (_, ins, ctx) in zip(ps, rows):
+            want = ([ins], []) if fmt in ("messages", "sharegpt") else ([ins], [ctx])
+            assert spans(p) == want, fmt
+
+
+def test_duplicate_ids_in_every_format(tmp_path):
+    rows = [("d1", "Sort the words.", "b a"), ("d2", "Count.", "x"), ("d1", "Again.", "y")]
+    for fmt, f in every_format_files(tmp_path, rows).items():
+        with pytest.raises(ShiftlensError, match=r"duplicate prompt id 'd1' \(first at "):
+            load_prompts(f)
+        with pytest.warns(ShiftlensWarning, match="skipped 1 of 3"):
+            ps = load_prompts(f, on_error="skip")
+        assert [p.id for p in ps] == ["d1", "d2"], fmt
