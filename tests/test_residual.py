@@ -1,4 +1,4 @@
-"""Tests for shiftlens.residual: similarity, logit lens / KL, cross-model patching.
+"""Tests for the residual lens (shiftlens.residual = shiftlens.lenses.residual): similarity, logit lens / KL, cross-model patching.
 
 Truths used: the models' own forward logits (logit lens at the last layer), numpy
 re-implementations (cosine, HSIC-form CKA, KL), Hugging Face modules called directly, and
@@ -22,6 +22,7 @@ from shiftlens.residual import (
     OutputShiftResult,
     PatchingResult,
     SimilarityResult,
+    check_pair,
     check_pair_compatible,
     cosine_per_position,
     greedy_response,
@@ -208,7 +209,7 @@ def test_identical_models_cosine_one_kl_zero_recovery_undefined(tiny_dirs):
         pr = patching(p, prompts, components=["resid_pre", "mlp_out"], response="reference",
                       batch_size=2, progress=False)
         s_sum, k_sum, p_sum = sim.summary(), kl.summary(), pr.summary()
-        pr.table()
+        pr.to_frame(aggregate=True)
     f = sim.to_frame()
     np.testing.assert_allclose(f.cosine, 1.0, atol=1e-12)
     cka = f.cka.dropna()
@@ -217,7 +218,7 @@ def test_identical_models_cosine_one_kl_zero_recovery_undefined(tiny_dirs):
     assert (kl.to_frame().kl == 0).all() and kl.to_frame().top1_agree.all()
     assert k_sum["output_kl"]["all"]["kl"] == 0
     assert pr.to_frame().recovery.isna().all()
-    assert pr.table().recovery.isna().all()
+    assert pr.to_frame(aggregate=True).recovery.isna().all()
     assert (pr.prompts.gap == 0).all() and not pr.prompts.defined.any()
     assert "undefined" in pr.note and "undefined" in p_sum["sentence"].lower()
     assert s_sum["final"]["all"]["cosine"] == pytest.approx(1.0, abs=1e-12)
@@ -257,7 +258,7 @@ def test_similarity_against_bruteforce(llama):
     assert (f.cosine < 1 - 1e-9).all() and (f.cosine > 0).all()
     tok = res.tokens
     assert len(tok) == sum(len(llama.tokenize(p, response=p.reference).tokens) for p in prompts) * 6
-    t = res.table()
+    t = res.to_frame(aggregate=True)
     assert {"cosine_low", "cosine_high", "cka"} <= set(t.columns)
     ok = t.n_cosine >= 2
     assert (t.cosine_low[ok] <= t.cosine[ok] + 1e-12).all() and (t.cosine[ok] <= t.cosine_high[ok] + 1e-12).all()
@@ -286,7 +287,7 @@ def test_output_shift_against_hf_logits(llama):
                        progress=False)
     f = res.to_frame()
     L = llama.cfg.n_layers
-    assert res.meta["lens_check_max_abs_diff"] < 1e-4
+    assert res.lens_check_max_abs_diff < 1e-4
     assert set(f.site) == {"logits"} | {f"blocks.{l}.hook_resid_post" for l in range(L)}
     n_resp = 0
     for pr in prompts:
@@ -314,7 +315,7 @@ def test_output_shift_against_hf_logits(llama):
     np.testing.assert_allclose(last, out, atol=1e-6)
     # top tokens: top_k counted at each response position; KL shares add up to the mean KL there
     top = res.top_tokens
-    assert res.meta["n_counted_positions"] == n_resp
+    assert res.n_counted_positions == n_resp
     assert top["count"].sum() == 5 * n_resp
     assert (top["count"].diff().dropna() <= 0).all()
 
@@ -359,7 +360,7 @@ def test_final_residual_patch_recovers_everything_when_heads_match(planted):
     f = res.to_frame()
     assert res.prompts.gap.abs().min() > 0.05
     np.testing.assert_allclose(f.recovery, 1.0, atol=1e-5)
-    np.testing.assert_allclose(res.table().recovery, 1.0, atol=1e-5)
+    np.testing.assert_allclose(res.to_frame(aggregate=True).recovery, 1.0, atol=1e-5)
     # only the positions that predict the response matter at the last layer
     pr = prompts[0]
     tp = p.tokenize(pr, response=pr.reference)
@@ -388,7 +389,7 @@ def test_planted_attention_edit_is_located(planted):
     p = planted("attn1")
     res = patching(p, ref_prompts(2), components=["resid_pre", "attn_out", "mlp_out", "resid_post"],
                    response="reference", progress=False)
-    t = res.table().set_index(["direction", "component", "layer"])
+    t = res.to_frame(aggregate=True).set_index(["direction", "component", "layer"])
     assert res.prompts.gap.abs().min() > 1e-3
     for d in ("tuned->base", "base->tuned"):
         assert t.loc[(d, "attn_out", 1), "recovery"] == pytest.approx(1.0, abs=1e-5)
@@ -481,6 +482,9 @@ def test_incompatible_pairs_are_refused(mismatched):
             fn(p, ref_prompts(1), progress=False)
     q = ModelPair.from_pretrained(base, bytetok, check=False)
     with pytest.raises(ShiftlensError, match="vocabularies differ"):
+        check_pair(q)
+    with pytest.warns(DeprecationWarning, match="check_pair_compatible"), \
+            pytest.raises(ShiftlensError, match="vocabularies differ"):
         check_pair_compatible(q)
     with pytest.raises(ShiftlensError, match="vocabularies differ"):
         patching(q, ref_prompts(1), progress=False)
@@ -536,7 +540,7 @@ def test_results_round_trip(llama, tmp_path):
         d = res.save(tmp_path / cls.__name__)
         back = cls.load(d)
         assert back.to_frame().equals(res.to_frame())
-        assert back.meta["model_names"] == dict(llama.names)
+        assert back.meta["models"] == dict(llama.names)
         assert back.meta["seed"] == 0
         s1, s2 = res.summary(), back.summary()
         assert s1["sentence"] == s2["sentence"] and isinstance(s1["sentence"], str)
@@ -544,7 +548,7 @@ def test_results_round_trip(llama, tmp_path):
         assert len(fig.axes) >= 2
     assert PatchingResult.load(tmp_path / "PatchingResult").prompts.equals(pr.prompts)
     assert OutputShiftResult.load(tmp_path / "OutputShiftResult").top_tokens.equals(kl.top_tokens)
-    with pytest.raises(ShiftlensError, match="not 'PatchingResult'"):
+    with pytest.raises(ShiftlensError, match="not a 'PatchingResult'"):
         PatchingResult.load(tmp_path / "SimilarityResult")
 
 
@@ -566,7 +570,7 @@ def test_toy_pair_guaranteed_properties():
     prompts = zoo.toy_prompts(14)
     L = p.cfg.n_layers
     kl = output_shift(p, prompts, progress=False)
-    assert kl.meta["lens_check_max_abs_diff"] < 1e-3
+    assert kl.lens_check_max_abs_diff < 1e-3
     assert (kl.to_frame().kl > -1e-9).all()
     sim = similarity(p, prompts, progress=False)
     assert (sim.to_frame().cosine <= 1 + 1e-9).all()

@@ -1,14 +1,33 @@
 """Lens 4, residual stream: where in depth does the shift live? (residual similarity, logit
 lens, KL and cross-model patching; not in Wu et al. 2024).
 
-Registered as ``"residual"``. The public functions load on first use.
+Registered as ``"residual"``. The layers of the lens:
+
+* :mod:`.core` - one model and tensors: ``cosine_per_position``, ``linear_cka``,
+  ``kl_divergence``, ``logit_lens``, ``lens_logits``, ``response_logprob``, ``patched_logits``;
+* :mod:`.compare` - a pair (validate / accumulate / assemble): ``check_pair``, ``similarity``,
+  ``output_shift``, ``patching``;
+* :mod:`.results` - ``SimilarityResult``, ``OutputShiftResult``, ``PatchingResult``;
+* :mod:`.plots` - their figures; :mod:`.section` - the report section and contract examples;
+* :mod:`.deprecated` - ``greedy_response``, ``check_pair_compatible`` (0.1 names).
+
+The public names load on first use (importing this package imports no torch); they are also
+importable from ``shiftlens.residual``.
+
+Example:
+    >>> from shiftlens.lenses.residual import SPEC
+    >>> SPEC.name, SPEC.limits["patching"]
+    ('residual', 8)
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from shiftlens.lenses.registry import LensSpec, register_lens
+
+_PKG = "shiftlens.lenses.residual"
 
 SPEC = register_lens(LensSpec(
     name="residual",
@@ -16,20 +35,37 @@ SPEC = register_lens(LensSpec(
     about="Cosine similarity of the two residual streams on identical tokens per layer and "
           "segment, KL(tuned || base) of the next-token distributions at the output and through "
           "the logit lens, and cross-model activation patching (not in Wu et al.).",
-    section="shiftlens.report.lenses:_run_residual",
-    results=("shiftlens.residual:SimilarityResult", "shiftlens.residual:OutputShiftResult",
-             "shiftlens.residual:PatchingResult"),
+    section=f"{_PKG}.section:section",
+    results=(f"{_PKG}.results:SimilarityResult", f"{_PKG}.results:OutputShiftResult",
+             f"{_PKG}.results:PatchingResult"),
     limits={"residual": 16, "patching": 8},
+    # the public API as users import it (it loads the whole lens)
     requires=("shiftlens.residual:similarity", "shiftlens.residual:output_shift",
               "shiftlens.residual:patching"),
+    examples=f"{_PKG}.section:examples",
     order=40,
 ))
 
+#: Where each public name lives.
+_API: dict[str, str] = {
+    **dict.fromkeys(("RESID_HOOKS", "COMPONENTS", "DIRECTIONS", "RESULT_SEGMENTS",
+                     "cosine_per_position", "linear_cka", "kl_divergence", "logit_lens",
+                     "lens_logits", "response_logprob", "patched_logits"), "core"),
+    **dict.fromkeys(("check_pair", "similarity", "output_shift", "patching"), "compare"),
+    **dict.fromkeys(("SimilarityResult", "OutputShiftResult", "PatchingResult"), "results"),
+    **dict.fromkeys(("similarity_figure", "output_shift_figure", "patching_figure"), "plots"),
+    **dict.fromkeys(("greedy_response", "check_pair_compatible"), "deprecated"),
+}
+
+__all__ = ["SPEC", *_API]
+
 
 def __getattr__(name: str) -> Any:  # the lens's public API, loaded on first use
-    import shiftlens.residual as _impl
+    mod = _API.get(name)
+    if mod is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{_PKG}.{mod}"), name)
 
-    try:
-        return getattr(_impl, name)
-    except AttributeError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))
