@@ -1,7 +1,25 @@
 """Lens 2, attention: do heads read the instruction more, and which word pairs do their Q/K
 weights encode? (Wu et al. 2024, §4).
 
-Registered as ``"attention"``. The public functions load on first use.
+Registered as ``"attention"``. The package's modules:
+
+- :mod:`~shiftlens.lenses.attention.core` - one model: :func:`segment_attention`,
+  :func:`qk_word_pairs` (tensors), :func:`word_pairs` (a model), :func:`pair_word_counts`,
+  the verb lexicons;
+- :mod:`~shiftlens.lenses.attention.filters` - the relatedness filters of the word pairs;
+- :mod:`~shiftlens.lenses.attention.compare` - a pair: :func:`instruction_attention`,
+  :func:`verb_shift`;
+- :mod:`~shiftlens.lenses.attention.results` - :class:`InstructionAttentionResult`,
+  :class:`VerbShiftResult`;
+- :mod:`~shiftlens.lenses.attention.plots`, :mod:`~shiftlens.lenses.attention.section` - the
+  figures and the report section.
+
+The public functions load on first use (importing this package imports nothing heavy).
+
+Example:
+    >>> from shiftlens.lenses.attention import SPEC
+    >>> SPEC.name
+    'attention'
 """
 
 from __future__ import annotations
@@ -10,25 +28,47 @@ from typing import Any
 
 from shiftlens.lenses.registry import LensSpec, register_lens
 
+_P = "shiftlens.lenses.attention"
+
 SPEC = register_lens(LensSpec(
     name="attention",
     title="Attention: do heads read the instruction more?",
     about="Attention mass that response tokens put on the instruction, context and template, per "
           "layer and head, base vs tuned with a paired test per head; and the word pairs the "
           "heads' Q/K weights encode (Wu et al. 2024, §4).",
-    section="shiftlens.report.lenses:_run_attention",
-    results=("shiftlens.attention:InstructionAttentionResult",
-             "shiftlens.attention:VerbShiftResult"),
+    section=f"{_P}.section:section",
+    results=(f"{_P}.results:InstructionAttentionResult", f"{_P}.results:VerbShiftResult"),
     limits={"attention": 64},
-    requires=("shiftlens.attention:instruction_attention",),
+    requires=(f"{_P}.compare:instruction_attention",),
+    examples=f"{_P}.section:examples",
     order=20,
 ))
 
+#: Where each public name lives (loaded on first use).
+_API: dict[str, str] = {
+    **dict.fromkeys(("QUERIES", "SegmentAttention", "segment_attention", "word_embeddings",
+                     "LayerPairs", "project_vocab", "qk_word_pairs", "layer_word_pairs",
+                     "word_pairs", "word_pairs_layer", "model_word_pairs", "pair_word_counts",
+                     "instruction_verbs", "general_verbs"), "core"),
+    **dict.fromkeys(("PairFilter", "BoundFilter", "CosineThreshold", "cosine_threshold",
+                     "EmbeddingFilter", "VectorFilter", "FilterSpec", "resolve_filter",
+                     "bind_filter"), "filters"),
+    **dict.fromkeys(("instruction_attention", "head_tests", "verb_shift"), "compare"),
+    **dict.fromkeys(("ROLES", "InstructionAttentionResult", "VerbShiftResult"), "results"),
+    **dict.fromkeys(("head_delta_figure", "verb_shift_figure"), "plots"),
+}
+
+__all__ = ["SPEC", *_API]
+
 
 def __getattr__(name: str) -> Any:  # the lens's public API, loaded on first use
-    import shiftlens.attention as _impl
+    mod = _API.get(name)
+    if mod is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-    try:
-        return getattr(_impl, name)
-    except AttributeError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    return getattr(importlib.import_module(f"{_P}.{mod}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

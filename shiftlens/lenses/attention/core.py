@@ -1,0 +1,688 @@
+"""Lens 2, one model: attention mass per prompt segment, and the word pairs of the QK circuits.
+
+Two views of a model's attention heads (Wu et al., "From Language Modeling to Instruction
+Following: Understanding the Behavior Shift in LLMs after Instruction Tuning", NAACL 2024, §4):
+
+**Activation view** (:func:`segment_attention`): for every layer and head, the attention mass
+that the query positions (the response tokens, or the last prompt token) put on each key
+segment (``bos``, ``instruction``, ``context``, ``template``, ``response``), per prompt.
+
+**Weight view** (:func:`qk_word_pairs` on tensors, :func:`word_pairs` on a model): the paper's
+bilinear reading of a head. Word vectors E (a word = the mean of its tokens' input embeddings)
+are projected by the head's W_Q and W_K (normalization weight folded in, grouped-query K heads
+expanded): Q = E W_Q, K = E W_K. The head's d_head dimensions are ranked by their energy
+sum_w Q[w, d]^2 + sum_w K[w, d]^2; in each top dimension the top-K words by |Q| and by |K| form
+candidate (query word, key word) pairs, kept when the two activations have the same sign (their
+product raises the attention logit) and the words pass a relatedness filter
+(:mod:`shiftlens.lenses.attention.filters`). All vocabulary projections of a layer are one
+matmul (all heads' Q and the layer's K heads at once). :func:`pair_word_counts` counts the
+pairs each word takes part in, per head; :func:`instruction_verbs` and :func:`general_verbs`
+are the shipped verb lexicons.
+
+Weights: :func:`shiftlens.weights.qk_weights` reads the current weights and folds the
+attention-input norm's gamma unless TransformerLens already folded it (``processing="compat"``).
+For LayerNorm models (GPT-2) word vectors are centred first, as LayerNorm centres its input.
+Biases and rotary position embeddings are ignored (the bilinear term only), as in the paper.
+
+Devices: the activation view runs each model where its inputs go (``cfg.device``, through
+:func:`shiftlens.capture.run_hooks_batched`) and returns CPU tensors. The weight view reads the
+weights on the CPU (:mod:`shiftlens.weights`) and computes on ``device`` when given, else on
+the model's input device (:func:`shiftlens.bridge.device_of`); index tensors are created on, or
+moved to, the device of the tensor they index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import einops
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from shiftlens.bridge import device_of, model_name
+from shiftlens.capture import run_hooks_batched
+from shiftlens.checks import (
+    check_choice,
+    check_head,
+    check_int,
+    check_layer,
+    check_layers,
+    check_prompts,
+    check_vocab,
+    pad_token_id,
+    prompt_id,
+)
+from shiftlens.errors import ShiftlensError
+from shiftlens.lenses.attention.filters import FilterSpec, bind_filter
+from shiftlens.prompts import (
+    RESPONSE,
+    SEGMENTS,
+    InstructionPrompt,
+    TokenizedPrompt,
+    tokenize_prompt,
+)
+from shiftlens.weights import WordVocab, embedding, qk_weights, word_matrix
+
+__all__ = [
+    "QUERIES",
+    "SegmentAttention",
+    "segment_attention",
+    "word_embeddings",
+    "LayerPairs",
+    "project_vocab",
+    "qk_word_pairs",
+    "layer_word_pairs",
+    "word_pairs",
+    "word_pairs_layer",
+    "model_word_pairs",
+    "pair_word_counts",
+    "instruction_verbs",
+    "general_verbs",
+]
+
+#: The query positions :func:`segment_attention` reads: the response tokens, or the last prompt
+#: token.
+QUERIES = ("response", "last")
+#: Vocabulary size of :func:`word_pairs` when no vocabulary is given.
+DEFAULT_WORDS = 5000
+
+
+# ============================================================================ activation view
+@dataclass
+class SegmentAttention:
+    """One model's attention mass on each key segment, per prompt, layer and head.
+
+    Attributes:
+        mass: ``[prompt, layer, head, segment]``: for the prompt's query positions (response
+            tokens averaged, or the last prompt token), the total attention on the key
+            positions of each segment of :data:`shiftlens.prompts.SEGMENTS`.
+        layers: The layer index of each ``layer`` row.
+        used_last: Per prompt, True when the last prompt token was the query.
+        prompt_ids: Prompt ids (:func:`shiftlens.checks.prompt_id`: the prompt's ``id``, else
+            ``#<index>``).
+        model_name: The model's name.
+
+    Example:
+        >>> sa = segment_attention(pair.tuned, prompts, query="response")  # doctest: +SKIP
+        >>> sa.mass.shape  # [prompt, layer, head, segment]  # doctest: +SKIP
+    """
+
+    mass: Float[Tensor, "prompt layer head segment"]
+    layers: list[int]
+    used_last: list[bool]
+    prompt_ids: list[str]
+    model_name: str
+
+
+def _query_groups(model: Any, prompts: list[InstructionPrompt], query: str
+                  ) -> list[tuple[list[int], str, list[TokenizedPrompt]]]:
+    """The prompts read at their response tokens and those read at their last prompt token,
+    each with its reduction and its tokens."""
+    tok = model.tokenizer
+    if tok is None:
+        raise ShiftlensError(f"{model_name(model)!r} has no tokenizer")
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+    bos = bool(model.cfg.default_prepend_bos)
+
+    def tokenize(p: InstructionPrompt, response: str | None) -> TokenizedPrompt:
+        return tokenize_prompt(tok, p, prepend_bos=bos, response=response, n_ctx=n_ctx,
+                               model_name=repr(model_name(model)))
+
+    with_resp = [i for i, p in enumerate(prompts) if query == "response" and p.reference]
+    last = sorted(set(range(len(prompts))) - set(with_resp))
+    return [
+        (with_resp, "segment_mean", [tokenize(prompts[i], prompts[i].reference)
+                                     for i in with_resp]),
+        (last, "last", [tokenize(prompts[i], None) for i in last]),
+    ]
+
+
+@torch.no_grad()
+def segment_attention(
+    model: Any,
+    prompts: Sequence[InstructionPrompt],
+    query: str = "response",
+    *,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> SegmentAttention:
+    """Attention mass of the query positions on each key segment, for one model.
+
+    With ``query="response"`` each prompt's reference response is appended and the mass is
+    averaged over the response positions (a response query attends to earlier response
+    tokens too: the ``response`` segment). A prompt without a reference falls back to its
+    last prompt token (recorded in ``used_last``). With ``query="last"`` the last prompt token
+    is the query for every prompt (nothing is appended). Padding never receives attention
+    (right padding, causal mask) and is trimmed before reduction
+    (:func:`shiftlens.capture.run_hooks_batched`).
+
+    Args:
+        model: A TransformerBridge.
+        prompts: Instruction prompts.
+        query: ``"response"`` or ``"last"``.
+        layers: Layers to read (default: all; sorted, duplicates dropped).
+        batch_size: Prompts per forward pass.
+        progress: Show progress bars.
+
+    Returns:
+        A :class:`SegmentAttention` with ``mass[prompt, layer, head, segment]`` (CPU).
+
+    Raises:
+        ShiftlensError: unknown query, no prompts, a layer out of range.
+
+    Example:
+        >>> sa = segment_attention(pair.base, default_prompts()[:4])  # doctest: +SKIP
+        >>> sa.mass.shape  # doctest: +SKIP
+        torch.Size([4, 2, 4, 5])
+    """
+    check_choice("query", query, QUERIES)
+    name = model_name(model)
+    prompts = check_prompts(prompts, who=repr(name))
+    layers = sorted(check_layers(model, layers))
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    hooks = [f"blocks.{layer}.attn.hook_pattern" for layer in layers]
+    mass = torch.full((len(prompts), len(layers), int(model.cfg.n_heads), len(SEGMENTS)),
+                      float("nan"))
+    used_last = [False] * len(prompts)
+    for idx, reduce, tps in _query_groups(model, prompts, query):
+        if not idx:
+            continue
+        acts = run_hooks_batched(
+            model, tps, hooks, batch_size=batch_size, reduce=reduce, progress=progress,
+            desc=f"attention {name}", pad_id=pad_token_id(model.tokenizer),
+        )
+        for j, hook in enumerate(hooks):
+            for k, i in enumerate(idx):
+                a = acts[hook][k].float().cpu()
+                mass[i, j] = a[RESPONSE] if reduce == "segment_mean" else a
+        if reduce == "last":
+            for i in idx:
+                used_last[i] = True
+    return SegmentAttention(
+        mass=mass,
+        layers=layers,
+        used_last=used_last,
+        prompt_ids=[prompt_id(p, i) for i, p in enumerate(prompts)],
+        model_name=name,
+    )
+
+
+# ============================================================================ weight view
+def _layer_norm_model(model: Any) -> bool:
+    return str(getattr(model.cfg, "normalization_type", "") or "").upper().startswith("LN")
+
+
+@torch.no_grad()
+def word_embeddings(model: Any, vocab: WordVocab) -> Float[Tensor, "n_words d_model"]:
+    """Input word vectors for the QK projections: the mean of each word's token embeddings.
+
+    Centred across d_model for LayerNorm models (LayerNorm centres its input before scaling;
+    RMSNorm does not). Float32 on the CPU, where :func:`shiftlens.weights.embedding` reads them.
+
+    Example:
+        >>> E = word_embeddings(pair.base, vocab)  # doctest: +SKIP
+        >>> E.shape  # [n_words, d_model]  # doctest: +SKIP
+        torch.Size([2286, 64])
+    """
+    check_vocab(vocab, model)
+    E = word_matrix(embedding(model), vocab)
+    if _layer_norm_model(model):
+        E = E - E.mean(-1, keepdim=True)
+    return E
+
+
+@dataclass
+class LayerPairs:
+    """Word pairs of the heads of one layer, as tensors (one entry per kept pair).
+
+    Entries are sorted by head, then by ``score`` descending.
+
+    Attributes:
+        head: Row of ``W_Q`` the pair belongs to.
+        dim: The d_head dimension the pair was found in.
+        dim_rank: That dimension's energy rank in its head (0 = highest).
+        q_word, k_word: Vocabulary indices of the query word and the key word.
+        q_act, k_act: Their activations ``Q[q_word, dim]``, ``K[k_word, dim]`` (same sign).
+        energy: ``[head, d_head]`` energy sum_w Q^2 + sum_w K^2 of every dimension.
+        top_dims: ``[head, n_top]`` the selected dimensions, highest energy first.
+
+    Example:
+        >>> lp = qk_word_pairs(torch.randn(40, 8), torch.randn(2, 8, 4), torch.randn(2, 8, 4),
+        ...                    top_dims=2, top_k=5)
+        >>> bool((lp.score > 0).all()), lp.energy.shape
+        (True, torch.Size([2, 4]))
+    """
+
+    head: Int[Tensor, " n"]
+    dim: Int[Tensor, " n"]
+    dim_rank: Int[Tensor, " n"]
+    q_word: Int[Tensor, " n"]
+    k_word: Int[Tensor, " n"]
+    q_act: Float[Tensor, " n"]
+    k_act: Float[Tensor, " n"]
+    energy: Float[Tensor, "head d_head"]
+    top_dims: Int[Tensor, "head n_top"]
+
+    @property
+    def score(self) -> Float[Tensor, " n"]:
+        """``q_act * k_act``: the pair's contribution to the attention logit in that dim."""
+        return self.q_act * self.k_act
+
+    def to(self, device: str | torch.device) -> LayerPairs:
+        """Every tensor on ``device``.
+
+        Example:
+            >>> lp.to("cpu")  # doctest: +SKIP
+        """
+        return LayerPairs(*(getattr(self, f).to(device) for f in (
+            "head", "dim", "dim_rank", "q_word", "k_word", "q_act", "k_act", "energy",
+            "top_dims")))
+
+    def __len__(self) -> int:
+        return int(self.head.shape[0])
+
+
+def _kv_map(n_q: int, n_k: int, device: torch.device) -> Int[Tensor, " head"]:
+    if n_k == n_q:
+        return torch.arange(n_q, device=device)
+    if n_k < 1 or n_q % n_k:
+        raise ShiftlensError(f"{n_q} query heads cannot share {n_k} key heads")
+    return torch.arange(n_q, device=device) // (n_q // n_k)
+
+
+def project_vocab(
+    E: Float[Tensor, "n_words d_model"],
+    W_Q: Float[Tensor, "head d_model d_head"],
+    W_K: Float[Tensor, "kv_head d_model d_head"],
+) -> tuple[Float[Tensor, "n_words head d_head"], Float[Tensor, "n_words kv_head d_head"]]:
+    """Q = E W_Q and K = E W_K for every head at once: one matmul (on the device of ``E``).
+
+    Example:
+        >>> Q, K = project_vocab(torch.randn(10, 8), torch.randn(4, 8, 2), torch.randn(2, 8, 2))
+        >>> Q.shape, K.shape
+        (torch.Size([10, 4, 2]), torch.Size([10, 2, 2]))
+    """
+    n_q, n_k = W_Q.shape[0], W_K.shape[0]
+    W = torch.cat(
+        [einops.rearrange(W_Q, "h d e -> d (h e)"), einops.rearrange(W_K, "h d e -> d (h e)")],
+        dim=1,
+    )
+    P = E @ W.to(E.dtype)
+    e = W_Q.shape[2]
+    Q = einops.rearrange(P[:, : n_q * e], "n (h e) -> n h e", h=n_q)
+    K = einops.rearrange(P[:, n_q * e :], "n (h e) -> n h e", h=n_k)
+    return Q, K
+
+
+def _check_sizes(top_dims: Any, top_k: Any) -> None:
+    if top_dims is not None:
+        check_int("top_dims", top_dims, minimum=1)
+    check_int("top_k", top_k, minimum=1)
+
+
+def _candidates(E: Tensor, W_Q: Tensor, W_K: Tensor, km: Tensor, T: int, k: int,
+                exclude_self: bool) -> tuple[Tensor, ...]:
+    """Energy ranking, top-K words per (head, dim) and the same-sign rule, batched."""
+    H = W_Q.shape[0]
+    Q, K = project_vocab(E, W_Q, W_K)  # [n, H, e], [n, H_kv, e]
+    energy = (Q**2).sum(0) + (K**2).sum(0)[km]  # [H, e]
+    dims = energy.topk(T, dim=-1).indices  # [H, T], highest energy first
+    hh = torch.arange(H, device=Q.device)[:, None]
+    Qs = Q.permute(1, 2, 0)[hh, dims]  # [H, T, n]
+    Ks = K.permute(1, 2, 0)[km[:, None], dims]  # [H, T, n]
+    qi = Qs.abs().topk(k, dim=-1).indices  # [H, T, k]
+    ki = Ks.abs().topk(k, dim=-1).indices
+    qa = Qs.gather(-1, qi)
+    ka = Ks.gather(-1, ki)
+    keep = (qa[..., :, None] * ka[..., None, :]) > 0  # [H, T, k, k]
+    if exclude_self:
+        keep &= qi[..., :, None] != ki[..., None, :]
+    return energy, dims, qi, ki, qa, ka, keep
+
+
+@torch.no_grad()
+def qk_word_pairs(
+    E: Float[Tensor, "n_words d_model"],
+    W_Q: Float[Tensor, "head d_model d_head"],
+    W_K: Float[Tensor, "kv_head d_model d_head"],
+    *,
+    top_dims: int | None = 10,
+    top_k: int = 50,
+    pair_filter: Callable[[Tensor, Tensor], Tensor] | None = None,
+    exclude_self: bool = True,
+    kv_map: Int[Tensor, " head"] | None = None,
+) -> LayerPairs:
+    """Word pairs of every head of a layer from the QK weights as tensors (Wu et al. 2024, §4).
+
+    The batched core of :func:`word_pairs` (also available as ``layer_word_pairs``, its older
+    name). One matmul projects the vocabulary through all heads (:func:`project_vocab`);
+    energy ranking, top-K selection and the same-sign rule are batched over heads and
+    dimensions; the relatedness filter is called once for all candidates of the layer (per
+    chunk of heads when it has a ``block`` method). Runs on the device of ``E``.
+
+    Args:
+        E: Word vectors (rows = vocabulary words).
+        W_Q: Query weights of the heads (norm folded).
+        W_K: Key weights, either one per query head or one per key/value group.
+        top_dims: Dimensions kept per head (highest energy; None = all; capped at d_head).
+        top_k: Words kept per dimension for Q and for K (capped at the vocabulary size).
+        pair_filter: ``f(q_word, k_word) -> bool mask`` (e.g. a bound
+            :class:`~shiftlens.lenses.attention.filters.PairFilter`).
+        exclude_self: Drop pairs of a word with itself (as in the paper).
+        kv_map: Key head of each query head (default: consecutive groups, as in GQA).
+
+    Returns:
+        The :class:`LayerPairs` (on the device of ``E``).
+
+    Raises:
+        ShiftlensError: empty vocabulary, bad sizes, heads that cannot share the key heads.
+
+    Example:
+        >>> lp = qk_word_pairs(torch.randn(50, 8), torch.randn(2, 8, 4), torch.randn(2, 8, 4),
+        ...                    top_dims=2, top_k=5)
+        >>> lp.top_dims.shape
+        torch.Size([2, 2])
+    """
+    _check_sizes(top_dims, top_k)
+    n = E.shape[0]
+    if n == 0:
+        raise ShiftlensError("empty vocabulary: no word vectors")
+    dev = E.device
+    H, _, e = W_Q.shape
+    km = _kv_map(H, W_K.shape[0], dev) if kv_map is None else kv_map.to(dev)
+    T = e if top_dims is None else min(top_dims, e)
+    k = min(top_k, n)
+    energy, dims, qi, ki, qa, ka, keep = _candidates(E, W_Q, W_K, km, T, k, exclude_self)
+    blockwise = pair_filter is not None and callable(getattr(pair_filter, "block", None))
+    if blockwise:  # all k x k combinations of each (head, dim) at once, heads in chunks
+        step = max(1, int(2**24 // max(1, T * k * max(1, E.shape[1]))))
+        for s in range(0, H, step):
+            keep[s : s + step] &= pair_filter.block(qi[s : s + step], ki[s : s + step]).to(
+                device=dev, dtype=torch.bool)
+    h, t, i, j = keep.nonzero(as_tuple=True)
+    qw, kw = qi[h, t, i], ki[h, t, j]
+    if pair_filter is not None and not blockwise and h.numel():
+        ok = pair_filter(qw, kw).to(device=dev, dtype=torch.bool)
+        h, t, i, j, qw, kw = h[ok], t[ok], i[ok], j[ok], qw[ok], kw[ok]
+    q_act, k_act = qa[h, t, i], ka[h, t, j]
+    order = torch.argsort(q_act * k_act, descending=True, stable=True)
+    order = order[torch.argsort(h[order], stable=True)]
+    h, t, qw, kw, q_act, k_act = h[order], t[order], qw[order], kw[order], q_act[order], k_act[order]
+    return LayerPairs(
+        head=h, dim=dims[h, t], dim_rank=t, q_word=qw, k_word=kw, q_act=q_act, k_act=k_act,
+        energy=energy, top_dims=dims,
+    )
+
+
+#: The older name of :func:`qk_word_pairs` (kept for existing code).
+layer_word_pairs = qk_word_pairs
+
+
+def _scope(model: Any, layer: Any, head: Any) -> tuple[list[int], list[int] | None]:
+    """Layers (sorted) and heads (in the given order, duplicates dropped; None = all)."""
+    if isinstance(layer, (int, np.integer)) and not isinstance(layer, bool):
+        layers = [check_layer(model, layer)]
+    else:
+        layers = sorted(check_layers(model, layer))
+    if head is None:
+        return layers, None
+    if isinstance(head, (int, np.integer)) and not isinstance(head, bool):
+        head = [head]
+    heads = list(dict.fromkeys(check_head(model, layers[0], h) for h in head))
+    if not heads:
+        raise ShiftlensError(f"{model_name(model)!r}: empty list of heads for layer {layers[0]}")
+    return layers, heads
+
+
+def _layer_weights(model: Any, layer: int, heads: list[int] | None, fold_norm: bool,
+                   device: torch.device) -> tuple[Tensor, Tensor, Tensor, list[int]]:
+    """Selected heads' W_Q, the key heads they use (deduplicated) and the head -> key map."""
+    W_Q, W_K = qk_weights(model, layer, fold_norm=fold_norm)  # CPU, K expanded per query head
+    n_heads = W_Q.shape[0]
+    hs = list(range(n_heads)) if heads is None else heads
+    n_kv = int(getattr(model.cfg, "n_key_value_heads", None) or n_heads)
+    g = n_heads // n_kv if n_kv and n_heads % n_kv == 0 else 1
+    group = [hd // g for hd in hs]
+    uniq = sorted(set(group))
+    W_K_u = torch.stack([W_K[u * g] for u in uniq])
+    km = torch.tensor([uniq.index(x) for x in group], dtype=torch.long, device=device)
+    return W_Q[hs].to(device), W_K_u.to(device), km, hs
+
+
+def _pairs_frame(
+    lp: LayerPairs, layer: int, heads: list[int], vocab: WordVocab, bound: Any
+) -> pd.DataFrame:
+    words = np.asarray(vocab.words, dtype=object)
+    sim = (bound.similarity(lp.q_word, lp.k_word).cpu().numpy()
+           if hasattr(bound, "similarity") else np.full(len(lp), np.nan))
+    lp = lp.to("cpu")
+    h = lp.head.numpy().astype(np.int64)
+    rank = np.zeros(len(h), dtype=np.int64)
+    if len(h):
+        starts = np.r_[0, np.flatnonzero(np.diff(h)) + 1]
+        counts = np.diff(np.r_[starts, len(h)])
+        rank = np.arange(len(h)) - np.repeat(starts, counts)
+    qw, kw = lp.q_word.numpy(), lp.k_word.numpy()
+    return pd.DataFrame({
+        "layer": np.full(len(h), layer, dtype=np.int64),
+        "head": np.asarray(heads, dtype=np.int64)[h],
+        "rank": rank,
+        "dim": lp.dim.numpy().astype(np.int64),
+        "dim_rank": lp.dim_rank.numpy().astype(np.int64),
+        "energy": lp.energy[lp.head, lp.dim].numpy(),
+        "q_word": words[qw],
+        "k_word": words[kw],
+        "q_act": lp.q_act.numpy(),
+        "k_act": lp.k_act.numpy(),
+        "score": lp.score.numpy(),
+        "similarity": np.asarray(sim, dtype=np.float32),
+        "q_index": qw.astype(np.int64),
+        "k_index": kw.astype(np.int64),
+    })
+
+
+@torch.no_grad()
+def word_pairs(
+    model: Any,
+    layer: int | Sequence[int] | None = None,
+    head: int | Sequence[int] | None = None,
+    vocab: WordVocab | None = None,
+    *,
+    top_dims: int | None = 10,
+    top_k: int = 50,
+    filter: FilterSpec = "embedding",
+    bound_filter: Any = None,
+    exclude_self: bool = True,
+    fold_norm: bool = True,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """The word pairs heads encode in their QK circuits (Wu et al. 2024, §4).
+
+    Word vectors E (mean of each word's token input embeddings, :func:`word_embeddings`) are
+    projected by each head's W_Q and W_K (norm gamma folded, GQA key heads shared):
+    Q = E W_Q, K = E W_K. A head's d_head dimensions are ranked by energy
+    sum_w Q[w,d]^2 + sum_w K[w,d]^2; for each of the ``top_dims`` top dimensions, the ``top_k``
+    words with largest |Q| and with largest |K| form candidate (query word, key word) pairs,
+    kept when ``Q * K > 0`` (the pair raises the attention logit) and the relatedness filter
+    passes (default: the model's own embedding cosine with the paper's mean + 1.96σ rule,
+    :class:`~shiftlens.lenses.attention.filters.EmbeddingFilter`). Each layer is one batched
+    projection of the vocabulary through all selected heads (:func:`qk_word_pairs`).
+
+    One head (``word_pairs(model, 3, 7, vocab)``), some or all heads of a layer
+    (``head=[1, 3]`` / ``head=None``), or every head of several or all layers
+    (``layer=[0, 2]`` / ``layer=None``): the rows of a head are the same whatever the scope.
+
+    Args:
+        model: A TransformerBridge.
+        layer: A layer index, a list of them, or None for every layer.
+        head: A query head index, a list of them (in that order), or None for every head.
+        vocab: Word vocabulary; words the tokenizer could not encode are in
+            ``vocab.skipped`` (counted in ``df.attrs["n_skipped_words"]``). Default:
+            :func:`shiftlens.vocab.default_vocab` with 5,000 words.
+        top_dims: Dimensions analysed per head, by energy (None = all d_head).
+        top_k: Words per dimension by |Q| and by |K|.
+        filter: ``"embedding"``, None (no filter) or a
+            :class:`~shiftlens.lenses.attention.filters.PairFilter`; bound once.
+        bound_filter: An already bound filter (overrides ``filter``; e.g. the base model's
+            embedding filter for both models of a pair).
+        exclude_self: Drop pairs of a word with itself.
+        fold_norm: Fold the attention-input norm's gamma into W_Q/W_K.
+        device: Where the projections run (default: the model's input device,
+            :func:`shiftlens.bridge.device_of`).
+        progress: Show a progress bar over layers (when there are several).
+
+    Returns:
+        A DataFrame, per head sorted by ``score`` (``rank`` 0 = the head's top pair), columns
+        ``layer, head, rank, dim, dim_rank, energy, q_word, k_word, q_act, k_act, score,
+        similarity, q_index, k_index`` (``score = q_act * k_act``, ``similarity`` from the
+        filter when it has one); ``df.attrs`` records the model, the filter, the vocabulary
+        size and the number of skipped words.
+
+    Raises:
+        ShiftlensError: layer or head out of range, empty vocabulary, bad sizes or filter.
+
+    Example:
+        >>> from shiftlens.vocab import default_vocab
+        >>> vocab = default_vocab(model.tokenizer, 5000)  # doctest: +SKIP
+        >>> word_pairs(model, 3, 7, vocab).head()[["q_word", "k_word", "score"]]  # doctest: +SKIP
+        >>> every_head = word_pairs(model, vocab=vocab)  # doctest: +SKIP
+    """
+    layers, heads = _scope(model, layer, head)
+    if vocab is None:
+        from shiftlens.vocab import default_vocab
+
+        vocab = default_vocab(model.tokenizer, DEFAULT_WORDS)
+    check_vocab(vocab, model)
+    _check_sizes(top_dims, top_k)
+    dev = torch.device(device) if device is not None else device_of(model)
+    bound, fname = bind_filter(filter, model, vocab, bound_filter)
+    if callable(getattr(bound, "to", None)):
+        bound = bound.to(dev)
+    E = word_embeddings(model, vocab).to(dev)
+    frames = []
+    for lay in tqdm(layers, desc=f"word pairs {model_name(model)}",
+                    disable=not progress or len(layers) == 1, leave=False):
+        W_Q, W_K, km, hs = _layer_weights(model, lay, heads, fold_norm, dev)
+        lp = qk_word_pairs(E, W_Q, W_K, top_dims=top_dims, top_k=top_k, pair_filter=bound,
+                           exclude_self=exclude_self, kv_map=km)
+        frames.append(_pairs_frame(lp, lay, hs, vocab, bound))
+    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    df.attrs.update({"model": model_name(model), "filter": fname, "n_words": len(vocab),
+                     "n_skipped_words": len(vocab.skipped)})
+    return df
+
+
+def word_pairs_layer(model: Any, layer: int, vocab: WordVocab, *,
+                     heads: Sequence[int] | None = None, **kwargs: Any) -> pd.DataFrame:
+    """Word pairs of all (or some) heads of one layer: :func:`word_pairs` (older name).
+
+    ``word_pairs_layer(model, layer, vocab, heads=hs)`` is ``word_pairs(model, layer, hs,
+    vocab)``; the other keyword arguments are those of :func:`word_pairs`.
+
+    Example:
+        >>> df = word_pairs_layer(pair.base, 0, vocab)  # doctest: +SKIP
+        >>> df.groupby("head").size()  # doctest: +SKIP
+    """
+    return word_pairs(model, check_layer(model, layer), heads, vocab, **kwargs)
+
+
+def model_word_pairs(model: Any, vocab: WordVocab, *, layers: Sequence[int] | None = None,
+                     heads: Sequence[int] | None = None, **kwargs: Any) -> pd.DataFrame:
+    """Word pairs of every head of every (selected) layer: :func:`word_pairs` (older name).
+
+    ``model_word_pairs(model, vocab, layers=ls, heads=hs)`` is ``word_pairs(model, ls, hs,
+    vocab)`` with every layer for ``layers=None``; the other keyword arguments (``filter``,
+    ``bound_filter``, ``progress``, ...) are those of :func:`word_pairs`.
+
+    Example:
+        >>> df = model_word_pairs(pair.tuned, vocab, layers=[0, 1])  # doctest: +SKIP
+    """
+    return word_pairs(model, check_layers(model, layers), heads, vocab, **kwargs)
+
+
+def pair_word_counts(
+    pairs: pd.DataFrame, words: Sequence[str] | None = None, *, min_dims: int = 1
+) -> pd.DataFrame:
+    """How many distinct word pairs of each head contain each word.
+
+    Pairs are unordered (``a–b`` and ``b–a`` are one pair) and a pair counts once per head,
+    however many dimensions it was found in; with ``min_dims`` > 1 only pairs found in at
+    least that many dimensions of the head count (the authors' released analysis keeps pairs
+    seen in more than one dimension).
+
+    Args:
+        pairs: A frame from :func:`word_pairs`.
+        words: Count only these words (default all).
+        min_dims: Minimum number of dimensions a pair must appear in.
+
+    Returns:
+        Columns ``layer, head, word, count`` (words with count 0 are absent).
+
+    Example:
+        >>> pairs = pd.DataFrame({"layer": [0, 0], "head": [1, 1], "dim": [0, 2],
+        ...                       "q_word": ["write", "poem"], "k_word": ["poem", "write"]})
+        >>> pair_word_counts(pairs).to_dict("records")[0]
+        {'layer': 0, 'head': 1, 'word': 'poem', 'count': 1}
+    """
+    min_dims = check_int("min_dims", min_dims, minimum=1)
+    cols = ["layer", "head", "word", "count"]
+    if len(pairs) == 0:
+        return pd.DataFrame({c: pd.Series(dtype=object if c == "word" else np.int64)
+                             for c in cols})
+    q = pairs["q_word"].astype(str).to_numpy()
+    k = pairs["k_word"].astype(str).to_numpy()
+    d = pd.DataFrame({
+        "layer": pairs["layer"].to_numpy(), "head": pairs["head"].to_numpy(),
+        "a": np.where(q <= k, q, k), "b": np.where(q <= k, k, q), "dim": pairs["dim"].to_numpy(),
+    })
+    u = d.drop_duplicates().groupby(["layer", "head", "a", "b"], sort=False).size()
+    u = u[u >= min_dims].reset_index()[["layer", "head", "a", "b"]]
+    both = pd.concat([
+        u[["layer", "head", "a"]].rename(columns={"a": "word"}),
+        u.loc[u.a != u.b, ["layer", "head", "b"]].rename(columns={"b": "word"}),
+    ])
+    if words is not None:
+        both = both[both.word.isin(set(words))]
+    out = both.groupby(["layer", "head", "word"]).size().rename("count").reset_index()
+    out["count"] = out["count"].astype(np.int64)
+    return out
+
+
+# ============================================================================ lexicons
+def _lexicon(name: str) -> list[str]:
+    ref = resources.files("shiftlens") / "data" / name
+    out = []
+    for line in ref.read_text(encoding="utf-8").splitlines():
+        w = line.strip()
+        if w and not w.startswith("#"):
+            out.append(w)
+    return out
+
+
+def instruction_verbs() -> list[str]:
+    """The shipped instruction-verb lexicon (``shiftlens/data/instruction_verbs.txt``).
+
+    Example:
+        >>> instruction_verbs()[:4]
+        ['write', 'explain', 'summarize', 'translate']
+    """
+    return _lexicon("instruction_verbs.txt")
+
+
+def general_verbs() -> list[str]:
+    """The shipped general-verb sample (``shiftlens/data/general_verbs.txt``).
+
+    Example:
+        >>> general_verbs()[:3]
+        ['go', 'make', 'take']
+    """
+    return _lexicon("general_verbs.txt")
