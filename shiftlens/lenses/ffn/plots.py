@@ -21,6 +21,7 @@ import pandas as pd
 
 from shiftlens.errors import ShiftlensError
 from shiftlens.lenses.ffn.core import LEVELS, TASKS, USER_TASKS
+from shiftlens.stats import fmt_number
 from shiftlens.viz.style import BASE_COLOR, TUNED_COLOR, new_figure
 
 __all__ = ["concept_shift_figure", "concept_share_figure", "rotation_figure"]
@@ -70,6 +71,7 @@ def concept_shift_figure(result: Any) -> Any:
     sub = sub.set_index("group").reindex(groups)
     ax.plot(groups, sub["base_mean"], "s--", color=BASE_COLOR, label="base")
     ax.plot(groups, sub["tuned_mean"], "o-", color=TUNED_COLOR, label="tuned")
+    ax.set_ylim(bottom=0)
     ax.set_title("user-oriented concepts by layer group")
     ax.set_xlabel("layer group")
     ax.set_ylabel("share of explainable concepts")
@@ -121,8 +123,8 @@ def concept_share_figure(
     if st.empty or not labels:
         raise ShiftlensError(f"concept_share_figure: no {kind} shares to plot")
     order = _group_order(list(dict.fromkeys(st["group"])))
-    fig, axes = new_figure(1, len(labels), width=2.6 * len(labels) + 0.6, height=3.4,
-                           sharey=True)
+    fig, axes = new_figure(1, len(labels), width=0.75 * len(order) * len(labels) + 0.8,
+                           height=3.4, sharey=True)
     ymax = 0.0
     for ax, lab in zip(axes[0], labels):
         sub = st[st["label"] == lab].set_index("group").reindex(order)
@@ -130,14 +132,14 @@ def concept_share_figure(
         for off, (role, color) in zip((-0.2, 0.2), _ROLES):
             m = 100 * sub[f"{role}_mean"].to_numpy(dtype=float)
             e = 100 * np.nan_to_num(sub[f"{role}_std"].to_numpy(dtype=float))
-            ax.bar(x + off, m, 0.4, yerr=e, capsize=2, color=color, label=role)
+            ax.bar(x + off, m, 0.4, yerr=e if e.any() else None, capsize=2, color=color,
+                   label=role)
             ymax = max(ymax, float(np.nanmax(np.append(m + e, 0.0))))
-        for xi, p in zip(x, sub["p"].to_numpy(dtype=float)):
-            if np.isfinite(p):
-                ax.text(xi, 0, f"p={p:.2g}", ha="center", va="bottom", rotation=90, color="0.2")
-        ax.set_xticks(x, order, rotation=30)
+        # each group's Welch p under its name, where it never collides with a bar
+        ps = [f"p={fmt_number(p, '.2g')}" for p in sub["p"].to_numpy(dtype=float)]
+        ax.set_xticks(x, [f"{g}\n{p}" for g, p in zip(order, ps)])
         ax.set_title(lab)
-        ax.set_xlabel("layer group")
+        ax.set_xlabel("layer group (Welch p, tuned vs base)")
     axes[0, 0].set_ylabel("share of explainable concepts (%)")
     axes[0, 0].set_ylim(0, max(ymax * 1.15, 1.0))
     axes[0, -1].legend()
