@@ -21,6 +21,7 @@ from shiftlens import ModelPair, ShiftlensError, ShiftlensWarning
 from shiftlens import attribution as A
 from shiftlens.pair import load_bridge
 from shiftlens.prompts import InstructionPrompt
+from shiftlens.result import make_meta
 from shiftlens.testing import ARCHITECTURES
 
 PROMPT = InstructionPrompt(
@@ -214,7 +215,9 @@ def test_full_logits_fallback_matches(bridges, monkeypatch):
     """Without HF's logits_to_keep the full logits are computed and rows selected: same result."""
     model = bridges("llama")
     a1 = A.attribute(model, PROMPT, " cat dog red", mode="reverse")
-    monkeypatch.setattr(A, "_accepts_logits_to_keep", lambda m: False)
+    from shiftlens.lenses.attribution import core
+
+    monkeypatch.setattr(core, "_accepts_logits_to_keep", lambda m: False)
     a2 = A.attribute(model, PROMPT, " cat dog red", mode="reverse")
     a3 = A.attribute(model, PROMPT, " cat dog red", mode="forward")
     torch.testing.assert_close(a1.matrix, a2.matrix)
@@ -474,8 +477,9 @@ def _hand_result(scores_b, scores_t, resp_b, resp_t, refs):
         "base_mode": "reverse", "tuned_mode": "reverse", "reference": refs, "note": "",
     })
     masks = [torch.tensor([True, False, False])] * n
-    return A.SensitivityResult(frame, {"base": [None] * n, "tuned": [None] * n}, masks,
-                               {"seed": 0, "levels": 10, "threshold": 7, "p": 4})
+    meta = make_meta(models={"base": "b", "tuned": "t"}, seed=0,
+                     params={"levels": 10, "threshold": 7, "p": 4})
+    return A.SensitivityResult(frame, {"base": [None] * n, "tuned": [None] * n}, masks, meta)
 
 
 def test_followed_comparison_against_scipy(tmp_path):

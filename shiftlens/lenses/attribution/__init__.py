@@ -1,14 +1,32 @@
 """Lens 1, attribution: does the response rest on the instruction? (Wu et al. 2024, §3).
 
-Registered as ``"attribution"``. The public functions load on first use (importing this
-package imports nothing heavy).
+Registered as ``"attribution"``. Importing this package imports nothing heavy; the public
+functions load on first use from the layers:
+
+- :mod:`~shiftlens.lenses.attribution.density`: sparsification, importance density,
+  instruction score (the paper's formulas on a matrix);
+- :mod:`~shiftlens.lenses.attribution.core`: explain one model (:func:`attribute`,
+  :func:`attribution_matrix`);
+- :mod:`~shiftlens.lenses.attribution.compare`: compare a pair (:func:`instruction_sensitivity`
+  as validate / accumulate / assemble, followed vs unfollowed, position of the instruction);
+- :mod:`~shiftlens.lenses.attribution.results`, :mod:`~shiftlens.lenses.attribution.plots`,
+  :mod:`~shiftlens.lenses.attribution.section` (the report) and
+  :mod:`~shiftlens.lenses.attribution.cli` (``shiftlens attribute``).
+
+Example:
+    >>> from shiftlens.lenses import attribution as A
+    >>> A.instruction_sensitivity.__module__
+    'shiftlens.lenses.attribution.compare'
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from shiftlens.lenses.registry import LensSpec, register_lens
+
+_PKG = "shiftlens.lenses.attribution"
 
 SPEC = register_lens(LensSpec(
     name="attribution",
@@ -16,20 +34,43 @@ SPEC = register_lens(LensSpec(
     about="Gradient input->output attribution of each model's response, sparsified into the "
           "importance density of every prompt token; the instruction score sums the density of "
           "the instruction tokens (Wu et al. 2024, §3).",
-    section="shiftlens.report.lenses:_run_attribution",
-    results=("shiftlens.attribution:Attribution", "shiftlens.attribution:SensitivityResult",
-             "shiftlens.attribution:FollowedResult", "shiftlens.attribution:PositionResult"),
-    cli="shiftlens.lenses.attribution.cli:add_commands",
+    section=f"{_PKG}.section:section",
+    results=(f"{_PKG}.results:AttributionResult", f"{_PKG}.results:SensitivityResult",
+             f"{_PKG}.results:FollowedResult", f"{_PKG}.results:PositionResult"),
+    cli=f"{_PKG}.cli:add_commands",
     limits={"attribution": 12},
-    requires=("shiftlens.attribution:instruction_sensitivity",),
+    requires=(f"{_PKG}.compare:instruction_sensitivity",),
+    examples=f"{_PKG}.section:examples",
     order=10,
 ))
 
+#: Public name -> the module of this package that defines it (loaded on first access).
+_API: dict[str, str] = {
+    **dict.fromkeys(("sparsify", "importance_density", "instruction_score"), "density"),
+    **dict.fromkeys(("MODES", "attribute", "attribution_matrix", "check_autograd",
+                     "greedy_response"), "core"),
+    **dict.fromkeys(("ROLES", "POSITIONS", "SENSITIVITY_COLUMNS", "AttributionResult",
+                     "Attribution", "SensitivityResult", "FollowedResult", "PositionResult"),
+                    "results"),
+    **dict.fromkeys(("SensitivityPlan", "SensitivityRecord", "validate_sensitivity",
+                     "accumulate_sensitivity", "assemble_sensitivity", "instruction_sensitivity",
+                     "followed_by_reference", "followed_comparison", "place_instruction",
+                     "position_sensitivity"), "compare"),
+    **dict.fromkeys(("attribution_figure", "sensitivity_figure", "followed_figure",
+                     "position_figure", "instruction_score_figure"), "plots"),
+}
+
+__all__ = ["SPEC", *_API]
+
 
 def __getattr__(name: str) -> Any:  # the lens's public API, loaded on first use
-    import shiftlens.attribution as _impl
+    mod = _API.get(name)
+    if mod is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{_PKG}.{mod}"), name)
+    globals()[name] = value
+    return value
 
-    try:
-        return getattr(_impl, name)
-    except AttributeError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

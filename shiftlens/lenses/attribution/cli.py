@@ -46,9 +46,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def run_attribute(args: argparse.Namespace) -> int:
     """``shiftlens attribute``: importance density of one prompt for one model."""
-    from shiftlens import InstructionPrompt
-    from shiftlens.attribution import attribute
-    from shiftlens.pair import load_bridge
+    from shiftlens.bridge import load_bridge
+    from shiftlens.lenses.attribution.core import attribute
+    from shiftlens.prompts import InstructionPrompt
 
     prompt = InstructionPrompt(args.prompt, instruction=args.instruction or (),
                                context=args.context or (), id="cli")
@@ -77,7 +77,7 @@ def run_attribute(args: argparse.Namespace) -> int:
         print("\ninstruction score: n/a (mark the instruction with --instruction SPAN)")
     if args.out:
         from shiftlens.viz.circuits import token_rows
-        from shiftlens.viz.figures import pyplot, save_figure
+        from shiftlens.viz.style import pyplot
 
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -88,8 +88,6 @@ def run_attribute(args: argparse.Namespace) -> int:
                          title=f"Importance density, {args.model}",
                          segments=att.input_segments.tolist())
         vis.save(out / "attribution.html")
-        fig = att.show()
-        save_figure(fig, out / "attribution")
-        pyplot().close(fig)
+        pyplot().close(att.show(out / "attribution"))
         print(f"files: {out}/attribution.html, attribution.csv, attribution.png/.svg, result/")
     return 0
