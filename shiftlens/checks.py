@@ -79,8 +79,8 @@ def check_int(name: str, value: Any, *, minimum: int | None = None,
     return v
 
 
-def check_float(name: str, value: Any, *, minimum: float | None = None,
-                maximum: float | None = None, open_min: bool = False, who: str = "") -> float:
+def check_float(name: str, value: Any, *, minimum: float | int | None = None,
+                maximum: float | int | None = None, open_min: bool = False, who: str = "") -> float:
     """``value`` as a finite ``float`` (bools refused) within the bounds.
 
     Example:

@@ -137,15 +137,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     if args.lenses == "list":
         return _print_lenses()
-    from shiftlens import ModelPair, default_prompts, load_prompts
+    from shiftlens import ModelPair
     from shiftlens.report import resolve_lenses
 
     resolve_lenses(args.lenses)
     _limits(args.lens_prompts)
     base, tuned = A.model_ref(args.base), A.model_ref(args.tuned)
-    prompts = load_prompts(args.prompts) if args.prompts else default_prompts()
-    if not prompts:
-        raise A.error(f"prompt file {args.prompts!r} holds no prompts")
+    prompts = A.prompts_from_args(args)
     device = A.device(args.device)
     pair = ModelPair.from_pretrained(base, tuned, device=device, dtype=A.dtype(args.dtype),
                                      processing=args.processing)
@@ -213,8 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "HTML report, metrics.json and CSVs into --out.")
         r.add_argument("base", metavar="BASE", help="the pre-trained model")
         r.add_argument("tuned", metavar="TUNED", help="its instruction-tuned twin")
-        r.add_argument("--prompts", metavar="FILE",
-                       help="JSONL prompt file (docs/prompts.md); default: the shipped set")
+        A.prompt_options(r)
         r.add_argument("--processing", choices=("raw", "compat"), default="raw",
                        help="raw checkpoint weights (default) or TransformerLens-processed")
         r.add_argument("--title", default=None, help="report title")

@@ -26,6 +26,8 @@ __all__ = [
     "nonneg",
     "model_options",
     "debug_parent",
+    "prompt_options",
+    "prompts_from_args",
 ]
 
 #: Weight dtypes the commands accept.
@@ -213,4 +215,57 @@ def debug_parent() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="show tracebacks and stop on the first failing lens")
     return p
+
+
+def prompt_options(p: argparse.ArgumentParser, *, required: bool = False) -> None:
+    """Add ``--prompts FILE``, ``--format``, ``--column KEY=COL`` and ``--skip-bad-records``.
+
+    Example:
+        >>> q = Parser(prog="x"); prompt_options(q)
+        >>> q.parse_args(["--prompts", "a.json", "--format", "alpaca"]).format
+        'alpaca'
+    """
+    from shiftlens.formats import FORMAT_CHOICES
+
+    p.add_argument("--prompts", metavar="FILE", required=required,
+                   help="prompt file or dataset directory: native JSONL, Alpaca JSON/JSONL, "
+                        "messages/ShareGPT conversations, CSV/TSV, a Hugging Face dataset, or "
+                        "the Wu et al. (2024) release (docs/prompts.md); default: the shipped set")
+    p.add_argument("--format", choices=FORMAT_CHOICES, default="auto",
+                   help="format of --prompts (default auto: detected, and named in the output)")
+    p.add_argument("--column", action="append", metavar="KEY=COL", default=[],
+                   help="field mapping, e.g. instruction=question (keys: instruction, context, "
+                        "reference, id, category, messages, conversations); repeatable")
+    p.add_argument("--skip-bad-records", action="store_true",
+                   help="skip malformed records (each one reported) instead of stopping")
+
+
+def prompts_from_args(args: argparse.Namespace) -> list[Any]:
+    """Load the prompts named by :func:`prompt_options` (the shipped set when none is given).
+
+    Prints what the loader found (format, records, skipped ones) on stderr.
+
+    Example:
+        >>> prompts_from_args(args)  # doctest: +SKIP
+    """
+    import sys
+
+    from shiftlens.prompts import default_prompts, load_prompts
+
+    if not getattr(args, "prompts", None):
+        return default_prompts()
+    mapping = {}
+    for item in args.column or []:
+        if "=" not in item:
+            raise error(f"--column takes KEY=COL (e.g. instruction=question), got {item!r}")
+        k, v = (x.strip() for x in item.split("=", 1))
+        mapping[k] = v
+    prompts = load_prompts(args.prompts, format=args.format,
+                           on_error="skip" if args.skip_bad_records else "raise", **mapping)
+    report = getattr(prompts, "report", None)
+    if report is not None:
+        print(f"prompts: {report}", file=sys.stderr)
+    if not prompts:
+        raise error(f"prompt file {args.prompts!r} holds no prompts")
+    return list(prompts)
 

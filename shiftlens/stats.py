@@ -258,7 +258,7 @@ def digits_for(a: float, b: float, fmt: str | None) -> str:
     """The format spec: ``fmt`` if given, else 3 decimals, more until ``a`` and ``b`` differ.
 
     Example:
-        >>> digits_for(0.1234, 0.1236, None)
+        >>> digits_for(0.12341, 0.12349, None)
         '.4f'
     """
     if fmt:

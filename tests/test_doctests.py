@@ -9,7 +9,9 @@ import pytest
 
 MODULES = [
     "shiftlens.errors", "shiftlens.prompts", "shiftlens.capture", "shiftlens.stats",
-    "shiftlens.io", "shiftlens.vocab", "shiftlens.checkpoints",
+    "shiftlens.io", "shiftlens.vocab", "shiftlens.checkpoints", "shiftlens.formats",
+    "shiftlens.wu2024", "shiftlens.checks", "shiftlens.generate", "shiftlens.instrument",
+    "shiftlens.result", "shiftlens.cliargs", "shiftlens.viz.style", "shiftlens.lenses.registry",
 ]
 
 

@@ -73,7 +73,8 @@ def pyplot() -> Any:
     return plt
 
 
-def new_figure(nrows: int = 1, ncols: int = 1, *, width: float = 6.0, height: float = 3.6,
+def new_figure(nrows: int = 1, ncols: int = 1, *, width: float | int = 6.0,
+               height: float | int = 3.6,
                **kwargs: Any) -> tuple[Any, Any]:
     """A figure and a 2-D array of axes (``squeeze=False``), in the house style.
 
