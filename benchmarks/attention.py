@@ -4,9 +4,9 @@ The issue's setting: d_model 1024, 16 heads (d_head 64), 24 layers, a 30,000-wor
 Random weights are built directly as tensors (no 24-layer bridge is booted: the weight view
 only needs the word vectors E and each layer's norm-folded W_Q / W_K), and both
 implementations get the same tensors and the same bound relatedness filter (the paper's
-mean + 1.96 sd cosine rule on E, :func:`shiftlens.attention.cosine_threshold`):
+mean + 1.96 sd cosine rule on E, :func:`shiftlens.lenses.attention.filters.cosine_threshold`):
 
-- ``batched``: :func:`shiftlens.attention.layer_word_pairs`, one matmul per layer for all
+- ``batched``: :func:`shiftlens.lenses.attention.core.qk_word_pairs`, one matmul per layer for all
   heads' Q and K, energy ranking / top-K / same-sign rule batched over heads and dimensions,
   one filter call per layer.
 - ``per_head``: a straightforward loop (the reference): per head, Q = E W_Q[h] and
@@ -33,7 +33,7 @@ import time
 
 import torch
 
-from shiftlens.attention import LayerPairs, cosine_threshold, layer_word_pairs
+from shiftlens.lenses.attention import LayerPairs, cosine_threshold, qk_word_pairs
 
 
 def per_head_loop(E, W_Q, W_K, *, top_dims, top_k, pair_filter, exclude_self=True):
@@ -130,13 +130,13 @@ def main() -> None:
     print(json.dumps({"bench": "attention.filter_bind", **setting, "seconds": round(t_bind, 3)}),
           flush=True)
     kw = dict(top_dims=args.top_dims, top_k=args.top_k, pair_filter=bound)
-    layer_word_pairs(E, *weights[0], **kw)  # warm-up (allocator, threads)
+    qk_word_pairs(E, *weights[0], **kw)  # warm-up (allocator, threads)
     t_total = t_batched = t_loop = c_total = c_batched = c_loop = 0.0
     n_pairs = 0
     identical = True
     for li, (W_Q, W_K) in enumerate(weights):
         t0, c0 = time.perf_counter(), time.process_time()
-        a = layer_word_pairs(E, W_Q, W_K, **kw)
+        a = qk_word_pairs(E, W_Q, W_K, **kw)
         dt, dc = time.perf_counter() - t0, time.process_time() - c0
         t_total += dt
         c_total += dc

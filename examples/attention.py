@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from shiftlens.attention import (  # noqa: E402
+from shiftlens.lenses.attention import (  # noqa: E402
     instruction_attention,
     verb_shift,
     word_pairs,
@@ -89,6 +89,10 @@ for role, model in pair:
     df = word_pairs(model, layer, head, vocab, top_dims=8, top_k=30)
     print(f"{role}: layer {layer} head {head}: {len(df)} pairs; top 8:")
     print(df.head(8)[["dim", "q_word", "k_word", "score", "similarity"]].to_string(index=False))
+
+# %% the same for every head of every layer at once (one batched projection per layer)
+every = word_pairs(pair.tuned, vocab=vocab, top_dims=8, top_k=30, progress=False)
+print(every.groupby(["layer", "head"]).size().unstack("head", fill_value=0))
 
 # %% verb shift (the paper's Table 3): do heads gain pairs with instruction verbs?
 vs = verb_shift(pair, vocab, instruction=instruction, general=general, top_dims=8, top_k=30,
