@@ -1,4 +1,4 @@
-"""Benchmark: shiftlens.attribution.attribution_matrix vs the paper code's per-token backward loop.
+"""Benchmark: attribution_matrix (shiftlens.lenses.attribution.core) vs the paper code's loop.
 
 A random-weight Llama-style model (d_model 512, 6 layers, 8 heads, d_mlp 1376, vocabulary
 50,000; float32) is built with ``transformers`` in a temporary directory and booted through
@@ -61,7 +61,7 @@ def build_model(cfg: dict, path: Path):
     """A random-weight LlamaForCausalLM saved with a small tokenizer and booted as a bridge."""
     import transformers as tf
 
-    from shiftlens.pair import load_bridge
+    from shiftlens.bridge import load_bridge
     from shiftlens.testing import build_tokenizer
 
     build_tokenizer(path, "sentencepiece")  # token ids are drawn directly; its size is irrelevant
@@ -188,7 +188,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     cfg = QUICK if args.quick else FULL
 
-    from shiftlens.attribution import attribution_matrix
+    from shiftlens.lenses.attribution.core import attribution_matrix
 
     _exact_rmsnorm()
     with tempfile.TemporaryDirectory(prefix="shiftlens-bench-attr-") as tmp:
@@ -197,7 +197,7 @@ def main() -> None:
         build_s = time.perf_counter() - t0
         model64 = None
         if not args.no_f64:
-            from shiftlens.pair import load_bridge
+            from shiftlens.bridge import load_bridge
 
             model64 = load_bridge(Path(tmp) / "model", dtype=torch.float64)
     common = {

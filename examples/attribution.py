@@ -56,7 +56,7 @@ print("instruction score (L=10, b=7, p=4):", round(att.score(), 4))
 print("with b=5:", round(att.score(threshold=5), 4))
 plt.close(att.show(out / "attribution_tuned.png"))
 att.save(out / "attribution_tuned")
-assert A.Attribution.load(out / "attribution_tuned").score() == att.score()
+assert A.AttributionResult.load(out / "attribution_tuned").equals(att)
 
 # %% Forward and reverse mode give the same matrix (float32 rounding apart)
 rev = A.attribute(pair.tuned, p0, att.response_tokens, mode="reverse")
@@ -84,6 +84,18 @@ res.save(out / "sensitivity")
 plt.close(res.show(out / "sensitivity.png"))
 # the raw matrices are kept: other density parameters without recomputing gradients
 print("with L=10, b=5, p=2:", res.rescore(threshold=5, p=2).summary()["sentence"])
+
+# %% The same analysis one (prompt, model) record at a time: validate / accumulate / assemble
+# (what a resumable or distributed runner does; the records may come in any order)
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", ShiftlensWarning)
+    plan = A.validate_sensitivity(pair, prompts[:3], max_new_tokens=12)
+    records = [A.accumulate_sensitivity(getattr(pair, role), plan, i, role)
+               for i, role in reversed(plan.keys())]
+    part = A.assemble_sensitivity(plan, records)
+    assert part.equals(A.instruction_sensitivity(pair, prompts[:3], max_new_tokens=12,
+                                                 progress=False))
+print(f"assembled from {len(records)} records:", part.summary()["sentence"])
 
 # %% Followed vs unfollowed responses (labels: the response reproduces the reference)
 labels = A.followed_by_reference(res)

@@ -149,3 +149,43 @@ def test_inconsistent_followed_and_position_results_are_refused(one_call, tmp_pa
                           "n_instruction": [1], "n_response": [2], "response": [" a"]})
     _refused(A.PositionResult(frame, one_call.meta), tmp_path, "pos",
              r"unknown positions \['top'\]")
+
+
+# ====================================================================== runner units
+def test_units_one_model_at_a_time_equal_one_call(pair, one_call, tmp_path):
+    """The runner's protocol: plan once, one record per (prompt, model) with only that model,
+    plain values in between (saved and read back by the Result encoder), assemble."""
+    from shiftlens.lenses import get_lens, resolve_ref
+
+    units = resolve_ref(get_lens("attribution").units)
+    assert units.name == "attribution.instruction_sensitivity" and units.roles == ("base", "tuned")
+    assert resolve_ref(units.function) is A.instruction_sensitivity
+    plan = units.plan(pair, PROMPTS, max_new_tokens=3, seed=3)
+    records = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ShiftlensWarning)
+        for role in ("tuned", "base"):  # role-major, as a runner with one resident model does
+            model = getattr(pair, role)
+            for i in reversed(range(len(PROMPTS))):
+                records[(i, role)] = units.compute(plan, role, model, PROMPTS[i], i)
+    # plan and records through a save and a load (tensors, NaN, None, tuples, prompts)
+    carrier = copy.copy(one_call)
+    carrier.meta = {**one_call.meta, "plan": plan, "records": [[list(k), v]
+                                                               for k, v in records.items()]}
+    back = shiftlens.load(carrier.save(tmp_path / "carrier")).meta
+    got = units.assemble(back["plan"], PROMPTS, {tuple(k): v for k, v in back["records"]})
+    assert got.equals(one_call), got.differences(one_call)
+    with pytest.raises(ShiftlensError, match="not the plan's prompt 1"):
+        units.compute(plan, "base", pair.base, PROMPTS[0], 1)
+
+
+def test_runner_run_equals_one_call(tiny_dirs, one_call, tmp_path):
+    """``shiftlens run attribution`` (models loaded one at a time, records on disk) gives the
+    one-call Result."""
+    runner = pytest.importorskip("shiftlens.runner")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ShiftlensWarning)
+        s = runner.run_lens("attribution", tiny_dirs("llama"), PROMPTS, tmp_path / "run",
+                            params={"max_new_tokens": 3, "seed": 3}, progress=False)
+    got = s.load()
+    assert got.equals(one_call), got.differences(one_call)

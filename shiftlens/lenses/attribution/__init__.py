@@ -10,8 +10,9 @@ functions load on first use from the layers:
 - :mod:`~shiftlens.lenses.attribution.compare`: compare a pair (:func:`instruction_sensitivity`
   as validate / accumulate / assemble, followed vs unfollowed, position of the instruction);
 - :mod:`~shiftlens.lenses.attribution.results`, :mod:`~shiftlens.lenses.attribution.plots`,
-  :mod:`~shiftlens.lenses.attribution.section` (the report) and
-  :mod:`~shiftlens.lenses.attribution.cli` (``shiftlens attribute``).
+  :mod:`~shiftlens.lenses.attribution.section` (the report),
+  :mod:`~shiftlens.lenses.attribution.units` (``shiftlens run attribution``: one record per
+  prompt and model) and :mod:`~shiftlens.lenses.attribution.cli` (``shiftlens attribute``).
 
 Example:
     >>> from shiftlens.lenses import attribution as A
@@ -40,6 +41,7 @@ SPEC = register_lens(LensSpec(
     cli=f"{_PKG}.cli:add_commands",
     limits={"attribution": 12},
     requires=(f"{_PKG}.compare:instruction_sensitivity",),
+    units=f"{_PKG}.units:SENSITIVITY_UNITS",
     examples=f"{_PKG}.section:examples",
     order=10,
 ))
@@ -56,6 +58,7 @@ _API: dict[str, str] = {
                      "accumulate_sensitivity", "assemble_sensitivity", "instruction_sensitivity",
                      "followed_by_reference", "followed_comparison", "place_instruction",
                      "position_sensitivity"), "compare"),
+    **dict.fromkeys(("SensitivityUnits", "SENSITIVITY_UNITS"), "units"),
     **dict.fromkeys(("attribution_figure", "sensitivity_figure", "followed_figure",
                      "position_figure", "instruction_score_figure"), "plots"),
 }

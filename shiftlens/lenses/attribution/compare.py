@@ -16,6 +16,7 @@ crash) and still assemble the very same Result:
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,6 +57,9 @@ __all__ = [
 ]
 
 _EMPTY_GREEDY = "greedy response is empty"
+#: The plan's parameters in the order the Result records them (a saved plan may sort keys).
+_PARAM_KEYS = ("levels", "threshold", "p", "response", "max_new_tokens", "mode", "chunk_size",
+               "decoding")
 
 
 # ====================================================================== instruction sensitivity
@@ -101,6 +105,28 @@ class SensitivityPlan:
         """
         return [(i, role) for i in range(len(self.prompts)) for role in ROLES]
 
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as plain values (prompts, tuples, dicts, tensors) that a Result saves.
+
+        Example:
+            >>> SensitivityPlan.from_dict(plan.to_dict()) == plan  # doctest: +SKIP
+        """
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SensitivityPlan:
+        """Rebuild a plan from :meth:`to_dict` (after a save and load: lists become tuples).
+
+        Example:
+            >>> plan = SensitivityPlan.from_dict(saved)  # doctest: +SKIP
+        """
+        try:
+            return cls(prompts=tuple(d["prompts"]), ids=tuple(str(i) for i in d["ids"]),
+                       responses=tuple(d["responses"]), masks=tuple(d["masks"]),
+                       models=dict(d["models"]), params=dict(d["params"]), seed=int(d["seed"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ShiftlensError(f"not a saved SensitivityPlan: {e!r}") from e
+
 
 @dataclass(frozen=True)
 class SensitivityRecord:
@@ -135,6 +161,26 @@ class SensitivityRecord:
     mean_prob: float
     mode: str
     note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as plain values (a tensor or None, numbers, strings).
+
+        Example:
+            >>> SensitivityRecord.from_dict(rec.to_dict()) == rec  # doctest: +SKIP
+        """
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SensitivityRecord:
+        """Rebuild a record from :meth:`to_dict`.
+
+        Example:
+            >>> rec = SensitivityRecord.from_dict(saved)  # doctest: +SKIP
+        """
+        try:
+            return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+        except (KeyError, TypeError) as e:
+            raise ShiftlensError(f"not a saved SensitivityRecord: {e!r}") from e
 
 
 def _response_for(prompt: InstructionPrompt, source: Any, i: int) -> str | None:
@@ -221,10 +267,8 @@ def validate_sensitivity(
         if full:
             raise ShiftlensError(
                 f"prompts {full[:8]} fill the context length {n_ctx}: no room for a response")
-    params = {"levels": levels, "threshold": threshold, "p": p,
-              "response": response if isinstance(response, str) else "given",
-              "max_new_tokens": max_new_tokens, "mode": mode, "chunk_size": chunk_size,
-              "decoding": "greedy"}
+    params = dict(zip(_PARAM_KEYS, (levels, threshold, p, response if isinstance(response, str)
+                                    else "given", max_new_tokens, mode, chunk_size, "greedy")))
     return SensitivityPlan(
         prompts=tuple(prompts), ids=tuple(ids), responses=tuple(responses),
         masks=tuple(_instruction_mask(tp.segments, tp.n_prompt) for tp in tps),
@@ -338,7 +382,8 @@ def assemble_sensitivity(plan: SensitivityPlan,
         row["note"] = "; ".join(notes)
         rows.append(row)
     frame = pd.DataFrame(rows)[list(SENSITIVITY_COLUMNS)]
-    meta = make_meta(models=plan.models, seed=plan.seed, params=plan.params)
+    params = {k: plan.params[k] for k in (*_PARAM_KEYS, *sorted(plan.params)) if k in plan.params}
+    meta = make_meta(models={r: plan.models[r] for r in ROLES}, seed=plan.seed, params=params)
     return SensitivityResult(frame, mats, list(plan.masks), meta)
 
 
