@@ -3,7 +3,7 @@
 Model: ``--layers`` (24) layers of W_out ``[d_mlp=4096, d_model=1024]``, an unembedding
 ``[1024, 50000]`` and a 50,000-word vocabulary (each word 1-3 random tokens). The weights are
 built as tensors in this script and the tensor-level functions are called
-(:func:`shiftlens.ffn.pca`, :func:`normalized_word_vectors`, :func:`top_words`): booting a
+(:func:`shiftlens.lenses.ffn.core.pca`, :func:`normalized_word_vectors`, :func:`top_words`): booting a
 TransformerBridge of that size would only add the load time.
 
 One JSON line per measurement, with ratios against the reference measured in the same run:
@@ -31,7 +31,7 @@ import time
 
 import torch
 
-from shiftlens.ffn import normalized_word_vectors, pca, principal_angles, top_words
+from shiftlens.lenses.ffn.core import normalized_word_vectors, pca, principal_angles, top_words
 from shiftlens.weights import WordVocab
 
 

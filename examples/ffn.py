@@ -56,6 +56,13 @@ print(pair)
 # %% vocabulary: frequent English words the tokenizer covers (the toy pair: its grammar's words)
 
 
+#: The grammar's word lists the toy vocabulary is built from (named, so that a constant added to
+#: the grammar later does not change this example's vocabulary: 236 words).
+GRAMMAR_LISTS = ("ADJECTIVES", "INPUT_NOUNS", "INPUT_VERBS", "INPUT_WORDS", "INSTRUCTION_VERBS",
+                 "NUMBER_WORDS", "OTHER_NOUNS", "PEOPLE", "PLACES", "PRONOUNS", "TASK_NAMES",
+                 "TIMES", "TRANSITIVE_VERBS", "TRANSLATION")
+
+
 def toy_words() -> list[str]:
     from shiftlens.zoo import grammar
 
@@ -72,9 +79,8 @@ def toy_words() -> list[str]:
             for v in x:
                 walk(v)
 
-    for name in dir(grammar):
-        if name.isupper() and name != "TASKS":
-            walk(getattr(grammar, name))
+    for name in GRAMMAR_LISTS:
+        walk(getattr(grammar, name))
     walk([t.phrasings for t in grammar.TASKS])
     return list(dict.fromkeys(w.strip(".?,") for w in out))
 
@@ -100,8 +106,8 @@ moved = rot.moved.query("side == 'tuned'").sort_values("inside_other").head(3)
 for _, r in moved.iterrows():
     print(f"L{r.layer} tuned PC{r.component} (inside base subspace {r.inside_other:.2f}):\n"
           f"   before: {r.words_before}\n   after:  {r.words_after}")
-rot.save(out / "rotation")
-rot.show().savefig(out / "rotation.png", dpi=120)
+rot.save(out / "rotation")  # reload with shiftlens.load(out / "rotation")
+rot.show(out / "rotation.png")
 
 # %% concept shift with the offline lexicon annotator
 res = ffn.concept_shift(pair, k=16, top_words=15, vocab=vocab, progress=False)
@@ -110,7 +116,8 @@ st = res.stats()
 print(st[(st.group == "all") & (st.kind != "explainable")][
     ["kind", "label", "base_mean", "tuned_mean", "diff", "p", "unit"]].round(3).to_string(index=False))
 res.save(out / "concept_shift")
-res.show().savefig(out / "concept_shift.png", dpi=120)
+res.show(out / "concept_shift.png")
+res.show(out / "concept_shift_by_group.png", by_group=True)  # the report's figure
 
 # %% toy pair only: a lexicon for the toy's own tasks (zorbish words = translation, numbers = math)
 if which == "toy":
@@ -125,7 +132,7 @@ if which == "toy":
     toy_lex = ffn.LexiconAnnotator(lexicons=ffn.load_lexicons(tasks=tasks))
     res_toy = ffn.concept_shift(pair, toy_lex, k=16, top_words=15, vocab=vocab, progress=False)
     print("toy lexicon:", res_toy.summary()["sentence"])
-    res_toy.show().savefig(out / "concept_shift_toy_lexicon.png", dpi=120)
+    res_toy.show(out / "concept_shift_toy_lexicon.png")
 
 # %% the paper's two-step protocol with any text generator (here: a rule-based stand-in)
 # Replace `toy_llm` by a call into a local chat model, e.g.

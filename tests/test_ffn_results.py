@@ -17,9 +17,9 @@ import torch
 
 import shiftlens
 from shiftlens import ModelPair, ShiftlensError, ffn
+from shiftlens.io import to_jsonable
 from shiftlens.lenses import get_lens
 from shiftlens.lenses.ffn import compare, plots, section
-from shiftlens.io import to_jsonable
 from shiftlens.lenses.registry import Section
 from shiftlens.result import result_kinds
 from shiftlens.viz.style import pyplot

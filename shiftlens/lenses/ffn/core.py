@@ -316,8 +316,9 @@ def normalized_word_vectors(
 
     Example:
         >>> v = WordVocab(["a", "bc"], [[0], [1, 2]], [])
-        >>> normalized_word_vectors(torch.eye(3), v).norm(dim=1).tolist()
-        [1.0, 1.0]
+        >>> U = normalized_word_vectors(torch.eye(3), v)  # "bc" = mean of tokens 1 and 2
+        >>> U.shape, [round(x, 4) for x in U[1].tolist()]
+        (torch.Size([2, 3]), [0.0, 0.7071, 0.7071])
     """
     check_vocab(vocab, where="normalized_word_vectors")
     U = word_matrix(W_U.T, vocab)
