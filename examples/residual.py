@@ -53,23 +53,24 @@ except ShiftlensError as e:
 # %% 1. How far apart are the residual streams, layer by layer and segment by segment?
 sim = similarity(pair, prompts, progress=False)
 print(sim.summary()["sentence"])
-print(sim.table().query("segment == 'all'")[["hook", "layer", "cosine", "cka"]].to_string(index=False))
-sim.show().savefig(out / "similarity.png", dpi=120)
+agg = sim.to_frame(aggregate=True)  # means over prompts with bootstrap 95% CIs
+print(agg.query("segment == 'all'")[["hook", "layer", "cosine", "cka"]].to_string(index=False))
+sim.show(out / "similarity.png")
 sim.save(out / "similarity")
 
 # %% 2. What does the tuned model now predict that the base did not? (KL, logit lens)
 kl = output_shift(pair, prompts, segments=["response"], progress=False)
 print(kl.summary()["sentence"])
 print(kl.top_tokens.head(10).to_string(index=False))
-kl.show().savefig(out / "output_shift.png", dpi=120)
+kl.show(out / "output_shift.png")
 kl.save(out / "output_shift")
 
 # %% 3. Causally: which layer's activations carry the tuned behaviour? (cross-model patching)
 pr = patching(pair, prompts, response=response, max_new_tokens=8, progress=False)
 print(pr.summary()["sentence"])
-print(pr.table()[["direction", "component", "layer", "recovery", "recovery_low",
-                  "recovery_high"]].to_string(index=False))
-pr.show().savefig(out / "patching.png", dpi=120)
+print(pr.to_frame(aggregate=True)[["direction", "component", "layer", "recovery", "recovery_low",
+                                    "recovery_high"]].to_string(index=False))
+pr.show(out / "patching.png")
 pr.save(out / "patching")
 
 # %% Headline numbers
