@@ -7,7 +7,7 @@ read with transformers' GGUF loader (``from_pretrained(dir, gguf_file=name)``, w
 official class name, e.g. ``LlamaForCausalLM``) and saved as a standard Hugging Face directory
 (``config.json``, ``model.safetensors``, tokenizer files incl. the chat template). That
 directory boots into TransformerLens' ``TransformerBridge`` like any downloaded checkpoint, so
-``ModelPair.from_pretrained`` and :func:`shiftlens.pair.load_bridge` accept ``.gguf`` paths.
+``ModelPair.from_pretrained`` and :func:`shiftlens.bridge.load_bridge` accept ``.gguf`` paths.
 
 The cache lives in ``$SHIFTLENS_CACHE`` (default ``~/.cache/shiftlens``)::
 
@@ -49,12 +49,14 @@ import re
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shiftlens.errors import ShiftlensError
+from shiftlens.errors import ShiftlensError, ShiftlensWarning
+from shiftlens.weightfiles import verify_checkpoint_files
 
 __all__ = [
     "PACKAGED",
@@ -66,7 +68,7 @@ __all__ = [
     "find_packaged_gguf",
     "packaged_hf_dir",
     "packaged_available",
-    "load_packaged",
+    "verify_hf_dir",
 ]
 
 #: Name of the metadata file written into every converted directory (written last).
@@ -267,6 +269,72 @@ def _is_complete(d: Path) -> bool:
     return (d / META_FILE).is_file() and (d / "config.json").is_file()
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(8 * _MIB):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _file_manifest(d: Path) -> dict[str, dict[str, Any]]:
+    """Size and SHA-256 of every file of a converted directory (the metadata file excepted)."""
+    return {
+        f.name: {"size": f.stat().st_size, "sha256": _sha256(f)}
+        for f in sorted(d.iterdir()) if f.is_file() and f.name != META_FILE
+    }
+
+
+def verify_hf_dir(path: str | Path, *, full: bool = False) -> dict[str, Any]:
+    """Check a converted directory against the manifest written when it was converted.
+
+    Quick (default, milliseconds): ``shiftlens_gguf.json`` and ``config.json`` exist, every file
+    the manifest lists exists with its recorded size, and the safetensors headers describe
+    exactly the bytes their files hold (:func:`shiftlens.weightfiles.verify_checkpoint_files`:
+    a truncated ``model.safetensors`` is caught even without a manifest). ``full=True`` also
+    recomputes every file's SHA-256 (reads the whole directory: about a second per GB).
+
+    Args:
+        path: A directory made by :func:`gguf_to_hf_dir`.
+        full: Compare SHA-256 digests too.
+
+    Returns:
+        The directory's metadata (``shiftlens_gguf.json``).
+
+    Raises:
+        ShiftlensError: naming the missing, resized, altered or truncated file.
+
+    Example:
+        >>> meta = verify_hf_dir(gguf_to_hf_dir("model.Q8_0.gguf"), full=True)  # doctest: +SKIP
+    """
+    d = Path(path)
+    if not _is_complete(d):
+        raise ShiftlensError(
+            f"{str(d)!r} is not a finished conversion (no {META_FILE} or config.json)"
+        )
+    try:
+        meta = json.loads((d / META_FILE).read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ShiftlensError(f"{str(d / META_FILE)!r} is corrupt: {e}") from e
+    for name, rec in (meta.get("files") or {}).items():
+        f = d / name
+        if not f.is_file():
+            raise ShiftlensError(f"converted checkpoint {str(d)!r}: file {name!r} is missing")
+        size = f.stat().st_size
+        if size != rec["size"]:
+            raise ShiftlensError(
+                f"converted checkpoint {str(d)!r}: {name!r} has {size} bytes, "
+                f"{rec['size']} were written ({'truncated' if size < rec['size'] else 'grown'})"
+            )
+        if full and _sha256(f) != rec["sha256"]:
+            raise ShiftlensError(
+                f"converted checkpoint {str(d)!r}: {name!r} does not match the SHA-256 recorded "
+                "at conversion (altered on disk)"
+            )
+    verify_checkpoint_files(d)
+    return meta
+
+
 def _official_for(path: Path) -> str | None:
     for spec in PACKAGED.values():
         if path.name == spec.filename:
@@ -377,7 +445,15 @@ def _convert(gguf: Path, out: Path, official_name: str | None) -> dict[str, Any]
     t_save = time.perf_counter() - t0 - t_load
 
     # check: the saved directory reproduces the GGUF-loaded model's logits
-    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    reloaded, info = AutoModelForCausalLM.from_pretrained(
+        out, dtype=torch.float32, output_loading_info=True
+    )
+    missing, unexpected = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
+    if missing or unexpected:
+        raise ShiftlensError(
+            f"GGUF file {str(gguf)!r}: the saved checkpoint does not reload cleanly (missing "
+            f"{missing[:5]}, unexpected {unexpected[:5]}); not caching it"
+        )
     reloaded.eval()
     diff = _probe_logits_diff(q, reloaded, tokenizer)
     if not diff <= 1e-4:
@@ -418,6 +494,7 @@ def gguf_to_hf_dir(
     official_name: str | None = None,
     force: bool = False,
     progress: bool = True,
+    verify: str = "quick",
 ) -> Path:
     """Convert a GGUF file into a cached Hugging Face model directory (once).
 
@@ -425,7 +502,9 @@ def gguf_to_hf_dir(
     ``AutoTokenizer.from_pretrained(dir, gguf_file=name)`` (dequantized to float32), rebuilt
     without its quantization config, saved with safetensors, checked (the saved model's logits
     equal the GGUF-loaded model's), and moved into ``<cache>/hf/<cache_key(path)>`` with one
-    atomic rename. Later calls return that directory after reading two MiB of the file.
+    atomic rename. Later calls return that directory after reading two MiB of the file and
+    checking the directory (:func:`verify_hf_dir`); a damaged cached directory (a truncated or
+    missing file) is converted again, with a :class:`~shiftlens.errors.ShiftlensWarning`.
 
     Args:
         path: The ``.gguf`` file.
@@ -434,10 +513,13 @@ def gguf_to_hf_dir(
             the packaged checkpoints).
         force: Convert again even when a cached directory exists (it is then replaced).
         progress: Show transformers' progress bar while dequantizing.
+        verify: How a cached directory is checked before it is returned: ``"quick"`` (sizes
+            and safetensors headers, milliseconds), ``"full"`` (also every file's SHA-256)
+            or ``"none"``.
 
     Returns:
         The directory (``config.json``, ``model.safetensors``, tokenizer files,
-        ``shiftlens_gguf.json``).
+        ``shiftlens_gguf.json`` with the size and SHA-256 of every file).
 
     Raises:
         ShiftlensError: the file is missing or not a GGUF file, the ``gguf`` package is not
@@ -446,7 +528,7 @@ def gguf_to_hf_dir(
 
     Example:
         >>> d = gguf_to_hf_dir("SmolLM2-135M-Instruct.Q4_1.gguf")  # doctest: +SKIP
-        >>> from shiftlens.pair import load_bridge  # doctest: +SKIP
+        >>> from shiftlens.bridge import load_bridge  # doctest: +SKIP
         >>> model = load_bridge(d)  # doctest: +SKIP
     """
     gguf = Path(path).expanduser()
@@ -454,8 +536,18 @@ def gguf_to_hf_dir(
     root = _resolve_cache(cache) / "hf"
     key = cache_key(gguf)
     final = root / key
+    if verify not in ("quick", "full", "none"):
+        raise ShiftlensError(f"verify must be 'quick', 'full' or 'none', got {verify!r}")
+    damaged = False
     if _is_complete(final) and not force:
-        return final
+        if verify == "none":
+            return final
+        try:
+            verify_hf_dir(final, full=verify == "full")
+            return final
+        except ShiftlensError as e:
+            warnings.warn(f"{e}; converting {gguf.name} again", ShiftlensWarning, stacklevel=2)
+            damaged = True
     _require_gguf()
     root.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(root, key)
@@ -464,10 +556,11 @@ def gguf_to_hf_dir(
         with _quiet(not progress):
             meta = _convert(gguf, tmp, official_name or _official_for(gguf))
         _open_permissions(tmp)
+        meta["files"] = _file_manifest(tmp)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        if final.exists() and (force or not _is_complete(final)):
-            # replaced on request, or a directory without the metadata file (not ours, or
-            # from an older version): move it aside in one rename, then delete it
+        if final.exists() and (force or damaged or not _is_complete(final)):
+            # replaced on request, damaged, or a directory without the metadata file (not
+            # ours, or from an older version): move it aside in one rename, then delete it
             old = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{key}-{os.getpid()}-", dir=root))
             os.replace(final, old)
             shutil.rmtree(old, ignore_errors=True)
@@ -611,31 +704,10 @@ def packaged_hf_dir(name: str, cache: str | Path | None = None, *, progress: boo
     )
 
 
-def load_packaged(
-    name: str,
-    *,
-    device: str = "cpu",
-    dtype: Any = None,
-    cache: str | Path | None = None,
-    progress: bool = True,
-) -> Any:
-    """Boot a packaged checkpoint as a ``TransformerBridge`` (converting it on first use).
-
-    Args:
-        name: ``"smollm2"`` or ``"gemma3-270m"``.
-        device: Device for the weights.
-        dtype: Weight dtype (default float32).
-        cache: Cache root.
-        progress: Show progress while converting.
-
-    Example:
-        >>> model = load_packaged("smollm2")  # doctest: +SKIP
-        >>> model.cfg.original_architecture  # doctest: +SKIP
-        'LlamaForCausalLM'
-    """
-    import torch
-
-    from shiftlens.pair import load_bridge
-
-    d = packaged_hf_dir(name, cache, progress=progress)
-    return load_bridge(d, device=device, dtype=dtype if dtype is not None else torch.float32)
+def __getattr__(name: str) -> Any:
+    # load_packaged boots a TransformerBridge, so it lives in shiftlens.bridge (which imports
+    # this module for GGUF paths); the old name stays importable from here without an import
+    # cycle at module level.
+    if name == "load_packaged":
+        return importlib.import_module("shiftlens.bridge").load_packaged
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,10 +17,12 @@ from typing import Any, Literal
 
 import torch
 
+from shiftlens.bridge import DeviceMap, load_bridge, model_name, named_weights
 from shiftlens.errors import ShiftlensError, ShiftlensWarning
 from shiftlens.prompts import InstructionPrompt, TokenizedPrompt, tokenize_prompt
 
-__all__ = ["ModelPair", "PROBE_STRINGS", "SHAPE_FIELDS", "load_bridge"]
+# load_bridge and model_name live in shiftlens.bridge (the leaf module); re-exported here.
+__all__ = ["ModelPair", "PROBE_STRINGS", "SHAPE_FIELDS", "load_bridge", "model_name"]
 
 #: Strings whose tokenization must be identical in both models' tokenizers.
 PROBE_STRINGS: tuple[str, ...] = (
@@ -52,55 +54,16 @@ def _bridge_cls() -> type:
     return TransformerBridge
 
 
-def model_name(model: Any) -> str:
-    """A readable name for a bridge: its ``cfg.model_name`` (path or hub id)."""
-    return str(getattr(getattr(model, "cfg", None), "model_name", None) or type(model).__name__)
-
-
-def load_bridge(
-    name_or_path: str | Path,
-    *,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-    tokenizer: Any = None,
-    **boot_kwargs: Any,
-) -> Any:
-    """Boot one TransformerBridge from a hub id, a local Hugging Face directory or a GGUF file.
-
-    Local directories load offline (set ``HF_HUB_OFFLINE=1`` to make sure nothing is fetched).
-
-    Args:
-        name_or_path: Hub id (``"Qwen/Qwen2.5-0.5B"``), local HF directory, or ``.gguf`` file
-            (converted once into a cached HF directory by :mod:`shiftlens.checkpoints`).
-        device: Device for the weights.
-        dtype: Weight dtype.
-        tokenizer: Optional tokenizer to use instead of the checkpoint's.
-        **boot_kwargs: Passed to ``TransformerBridge.boot_transformers``.
-
-    Returns:
-        The booted bridge, in eval mode.
-
-    Example:
-        >>> model = load_bridge("shiftlens/zoo/pair/base")  # doctest: +SKIP
-    """
-    name = str(name_or_path)
-    if name.endswith(".gguf"):
-        from shiftlens.checkpoints import gguf_to_hf_dir  # issue 9
-
-        name = str(gguf_to_hf_dir(name))
-    path = Path(name)
-    if path.exists() and not (path / "config.json").exists():
-        raise ShiftlensError(f"{name!r} exists but is not a Hugging Face model directory")
-    try:
-        model = _bridge_cls().boot_transformers(
-            name, device=device, dtype=dtype, tokenizer=tokenizer, **boot_kwargs
-        )
-    except OSError as e:
-        raise ShiftlensError(
-            f"could not load model {name!r}: {e}. Offline, give a local directory or GGUF file."
-        ) from e
-    model.eval()
-    return model
+def _per_role(value: Any, what: str) -> tuple[Any, Any]:
+    """``value`` for both models, or a ``(base, tuned)`` pair of values."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ShiftlensError(
+                f"{what} must be one value for both models or a (base, tuned) pair, got "
+                f"{len(value)} values"
+            )
+        return value[0], value[1]
+    return value, value
 
 
 class ModelPair:
@@ -160,22 +123,41 @@ class ModelPair:
         base: str | Path,
         tuned: str | Path,
         *,
-        device: str | torch.device = "cpu",
+        device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
         processing: str = "raw",
         check: bool = True,
+        device_map: DeviceMap | tuple[DeviceMap, DeviceMap] | None = None,
+        max_memory: dict[int | str, int | str] | None = None,
+        offload_folder: str | Path | None = None,
+        n_devices: int | None = None,
+        strict: bool = True,
+        check_finite: bool = True,
         **boot_kwargs: Any,
     ) -> ModelPair:
         """Boot both models (hub ids, local HF directories or GGUF files).
 
+        Each model is loaded by :func:`shiftlens.bridge.load_bridge`: a checkpoint with missing
+        or unexpected tensors, a truncated file or a NaN/infinite weight is refused.
+
         Args:
             base: The pre-trained model.
             tuned: The instruction-tuned model.
-            device: Device for both models; nothing is moved later.
+            device: Device for both models (default ``"cpu"``); nothing is moved later. Not
+                with ``device_map``/``n_devices``.
             dtype: Weight dtype for both.
             processing: ``"raw"`` checkpoint weights (default) or ``"compat"``: TL's folded
-                and centred weights (``enable_compatibility_mode``).
+                and centred weights (``enable_compatibility_mode``; refused for CPU/disk
+                offloaded models, as TransformerLens refuses it).
             check: Run the compatibility checks (tokenizer, shapes, identical weights).
+            device_map: Accelerate placement for both models (see ``load_bridge``), or a
+                ``(base_map, tuned_map)`` pair, e.g. ``({"": 0}, {"": 1})`` for one GPU each.
+            max_memory: Per-target budget for a preset ``device_map``, per model.
+            offload_folder: Disk-offload folder; each model gets its own subfolder
+                (``base/``, ``tuned/``): the two share parameter names.
+            n_devices: Split each model over this many CUDA GPUs.
+            strict: Refuse checkpoints with missing or unexpected tensors (``False``: warn).
+            check_finite: Refuse NaN/infinite weights.
             **boot_kwargs: Passed to ``TransformerBridge.boot_transformers``.
 
         Returns:
@@ -185,13 +167,40 @@ class ModelPair:
             >>> pair = ModelPair.from_pretrained(  # doctest: +SKIP
             ...     "Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-0.5B-Instruct", dtype=torch.bfloat16
             ... )
+            >>> big = ModelPair.from_pretrained(  # doctest: +SKIP
+            ...     "meta-llama/Llama-3.1-70B", "meta-llama/Llama-3.1-70B-Instruct",
+            ...     dtype=torch.bfloat16, device_map=("auto", "auto"),
+            ...     max_memory={0: "75GiB", 1: "75GiB"})
         """
         if processing not in ("raw", "compat"):
             raise ShiftlensError(f"processing must be 'raw' or 'compat', got {processing!r}")
-        models = [load_bridge(p, device=device, dtype=dtype, **boot_kwargs) for p in (base, tuned)]
+        maps = _per_role(device_map, "device_map")
+        if processing == "compat":
+            for role, m in zip(("base", "tuned"), maps):
+                if isinstance(m, dict) and any(
+                    str(v).lower() in ("cpu", "disk") for v in m.values()
+                ):
+                    raise ShiftlensError(
+                        f"processing='compat' with a CPU/disk device_map for the {role} model: "
+                        "TransformerLens refuses weight processing on CPU/disk-offloaded "
+                        "bridges (it reads raw meta tensors); use processing='raw'"
+                    )
+        models = []
+        for role, path, dm in zip(("base", "tuned"), (base, tuned), maps):
+            folder = Path(offload_folder) / role if offload_folder is not None else None
+            models.append(load_bridge(
+                path, device=device, dtype=dtype, device_map=dm, max_memory=max_memory,
+                offload_folder=folder, n_devices=n_devices, strict=strict,
+                check_finite=check_finite, **boot_kwargs,
+            ))
         if processing == "compat":
             for m in models:
-                m.enable_compatibility_mode(disable_warnings=True)
+                try:
+                    m.enable_compatibility_mode(disable_warnings=True)
+                except (ValueError, NotImplementedError, RuntimeError) as e:
+                    raise ShiftlensError(
+                        f"processing='compat' is not possible for {model_name(m)!r}: {e}"
+                    ) from e
         return cls(
             models[0],
             models[1],
@@ -285,15 +294,20 @@ class ModelPair:
             >>> pair.identical_weights()  # doctest: +SKIP
             False
         """
-        pb = dict(self.base.original_model.named_parameters())
-        pt = dict(self.tuned.original_model.named_parameters())
-        if pb.keys() != pt.keys():
+        kb = [n for n, _ in self.base.original_model.named_parameters()]
+        kt = [n for n, _ in self.tuned.original_model.named_parameters()]
+        if kb != kt:
             return False
-        with torch.no_grad():
-            for k, v in pb.items():
-                w = pt[k]
-                if v.shape != w.shape or not torch.equal(v.to(w.device, w.dtype), w):
-                    return False
+        # module by module, so that offloaded weights are read in one module at a time
+        gb, gt = named_weights(self.base), named_weights(self.tuned)
+        try:
+            with torch.no_grad():
+                for (nb, v), (nt, w) in zip(gb, gt):
+                    if nb != nt or v.shape != w.shape or not torch.equal(v.to(w.device, w.dtype), w):
+                        return False
+        finally:
+            gb.close()
+            gt.close()
         return True
 
     # ------------------------------------------------------------------ access

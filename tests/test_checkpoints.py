@@ -23,8 +23,9 @@ import pytest
 import torch
 
 from shiftlens import checkpoints as ck
+from shiftlens.bridge import load_bridge
 from shiftlens.errors import ShiftlensError
-from shiftlens.pair import PROBE_STRINGS, load_bridge
+from shiftlens.pair import PROBE_STRINGS
 from shiftlens.testing import perturbed_copy, tiny_model_dir
 
 gguf = pytest.importorskip("gguf", reason="the GGUF tests need the 'gguf' package")
@@ -229,6 +230,112 @@ def test_incomplete_directory_under_the_final_name_is_replaced(tiny_gguf, tmp_pa
     assert out == final and ck._is_complete(out)
     assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
     assert not _tmp_leftovers(tmp_path / "c")
+
+
+def _fresh_copy(converted: Path, cache: Path) -> Path:
+    """A private copy of the module-wide conversion, under the same cache layout."""
+    import shutil
+
+    final = cache / "hf" / converted.name
+    shutil.copytree(converted, final)
+    return final
+
+
+def test_manifest_records_every_file(converted):
+    meta = json.loads((converted / ck.META_FILE).read_text())
+    files = {f.name for f in converted.iterdir() if f.is_file() and f.name != ck.META_FILE}
+    assert set(meta["files"]) == files and "model.safetensors" in files
+    for name, rec in meta["files"].items():
+        data = (converted / name).read_bytes()
+        assert rec == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert ck.verify_hf_dir(converted, full=True)["fingerprint"] == meta["fingerprint"]
+
+
+def test_truncated_cached_conversion_is_converted_again(tiny_gguf, converted, tmp_path):
+    final = _fresh_copy(converted, tmp_path / "c")
+    good = (final / "model.safetensors").read_bytes()
+    (final / "model.safetensors").write_bytes(good[: len(good) // 2])
+    with pytest.raises(ShiftlensError, match=r"'model.safetensors' has \d+ bytes, \d+ were written \(truncated\)"):
+        ck.verify_hf_dir(final)
+    with pytest.warns(ck.ShiftlensWarning, match="truncated.*converting tiny-llama.F32.gguf again"):
+        out = ck.gguf_to_hf_dir(tiny_gguf[1], tmp_path / "c", progress=False)
+    assert out == final and (final / "model.safetensors").read_bytes() == good
+    ck.verify_hf_dir(out, full=True)
+    assert not _tmp_leftovers(tmp_path / "c")
+
+
+def test_truncated_cached_conversion_without_manifest_is_caught(tiny_gguf, converted, tmp_path):
+    """A directory from before manifests: the safetensors header still gives truncation away."""
+    final = _fresh_copy(converted, tmp_path / "c")
+    meta = json.loads((final / ck.META_FILE).read_text())
+    del meta["files"]
+    (final / ck.META_FILE).write_text(json.dumps(meta))
+    f = final / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-64])
+    with pytest.raises(ShiftlensError, match="model.safetensors' is truncated.*64 missing"):
+        ck.verify_hf_dir(final)
+    with pytest.warns(ck.ShiftlensWarning, match="again"):
+        ck.gguf_to_hf_dir(tiny_gguf[1], tmp_path / "c", progress=False)
+    ck.verify_hf_dir(final)
+
+
+def test_altered_cached_file_needs_full_verification(tiny_gguf, converted, tmp_path, monkeypatch):
+    final = _fresh_copy(converted, tmp_path / "c")
+    f = final / "model.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-3] ^= 0xFF  # same size, valid header: only the digest can tell
+    f.write_bytes(bytes(data))
+    ck.verify_hf_dir(final)  # quick check passes
+    with pytest.raises(ShiftlensError, match="does not match the SHA-256"):
+        ck.verify_hf_dir(final, full=True)
+    assert ck.gguf_to_hf_dir(tiny_gguf[1], tmp_path / "c", verify="none") == final
+    with pytest.warns(ck.ShiftlensWarning, match="SHA-256"):
+        ck.gguf_to_hf_dir(tiny_gguf[1], tmp_path / "c", verify="full", progress=False)
+    assert f.read_bytes() == (converted / "model.safetensors").read_bytes()
+
+
+def test_cached_conversion_missing_a_tensor_is_refused(tiny_gguf, converted, tmp_path):
+    """Rewritten with a tensor fewer: the manifest sizes disagree, and load_bridge names it."""
+    from safetensors.torch import load_file, save_file
+
+    final = _fresh_copy(converted, tmp_path / "c")
+    sd = load_file(final / "model.safetensors")
+    del sd["model.layers.0.mlp.down_proj.weight"]
+    save_file(sd, final / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ShiftlensError, match="model.safetensors' has"):
+        ck.verify_hf_dir(final)
+    with pytest.raises(ShiftlensError, match=r"missing 1 tensor \['model.layers.0.mlp.down_proj.weight'\]"):
+        load_bridge(final)
+
+
+def test_reload_with_missing_keys_is_not_cached(tiny_gguf, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    real = AutoModelForCausalLM.from_pretrained.__func__
+
+    def lossy(cls, *a, **k):
+        out = real(cls, *a, **k)
+        if k.get("output_loading_info"):
+            out[1]["missing_keys"] = {"model.norm.weight"}
+        return out
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(lossy))
+    with pytest.raises(ShiftlensError, match=r"does not reload cleanly \(missing \['model.norm.weight'\]"):
+        ck.gguf_to_hf_dir(tiny_gguf[1], tmp_path / "c", progress=False)
+    assert not (tmp_path / "c" / "hf" / ck.cache_key(tiny_gguf[1])).exists()
+
+
+def test_bad_verify_mode(tiny_gguf, tmp_path, unchecked):
+    with pytest.raises(ShiftlensError, match="verify must be"):
+        ck.gguf_to_hf_dir(tiny_gguf[1], tmp_path, verify="sometimes")
+
+
+def test_load_packaged_moved_but_importable():
+    from shiftlens.bridge import load_packaged
+
+    assert ck.load_packaged is load_packaged
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        ck.nope  # noqa: B018
 
 
 def test_cache_dir_honours_env_and_defaults_to_home(monkeypatch, tmp_path):

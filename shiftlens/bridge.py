@@ -1,0 +1,766 @@
+"""Booting one TransformerBridge: names, devices, placement, and refusing broken weights.
+
+The leaf under :mod:`shiftlens.pair`, :mod:`shiftlens.capture`, :mod:`shiftlens.weights` and the
+lenses: it imports nothing from them (only :mod:`shiftlens.errors`, :mod:`shiftlens.weightfiles`
+and, for ``.gguf`` paths, :mod:`shiftlens.checkpoints`), so none of them form an import cycle.
+
+What :func:`load_bridge` guarantees beyond ``TransformerBridge.boot_transformers``:
+
+* **No silently random weights.** transformers initialises every tensor a checkpoint lacks at
+  random and only logs it (TransformerLens even silences that log). ``load_bridge`` loads
+  through the model class TransformerLens would use, with ``output_loading_info=True``, and
+  raises :class:`~shiftlens.errors.ShiftlensError` naming every missing and unexpected tensor.
+  Tied weights (GPT-2's ``lm_head``) and non-persistent buffers (rotary frequencies) are not in
+  that report, so they are never false alarms. Local safetensors files are checked first
+  (:func:`shiftlens.weightfiles.verify_checkpoint_files`): a truncated file is named with the
+  tensors it cuts off. Then one pass over the parameters refuses any NaN or infinity, naming the
+  tensor (:func:`check_finite_weights`).
+* **Placement.** ``device_map`` (a dict, or ``"auto"``/``"balanced"``/``"balanced_low_0"``/
+  ``"sequential"``), ``max_memory``, ``offload_folder`` and ``n_devices`` reach TransformerLens'
+  accelerate dispatch; maps TransformerLens refuses are refused up front
+  (:func:`check_device_map`), and string maps are resolved on an empty (meta) model
+  (:func:`plan_device_map`) before any weight is read.
+* **One input device.** :func:`device_of` is where inputs go; for a dispatched model whose
+  embedding is offloaded TransformerLens records ``cfg.device="meta"``, which ``load_bridge``
+  corrects to the offload hook's execution device, so ``cfg.device`` is always usable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+
+from shiftlens.errors import ShiftlensError, ShiftlensWarning
+
+__all__ = [
+    "DEVICE_MAP_PRESETS",
+    "DevicePlan",
+    "model_name",
+    "device_of",
+    "materialized",
+    "named_weights",
+    "check_finite_weights",
+    "check_device_map",
+    "parse_device_map",
+    "plan_device_map",
+    "empty_model",
+    "load_bridge",
+    "load_packaged",
+]
+
+#: The string device maps accelerate resolves itself.
+DEVICE_MAP_PRESETS: tuple[str, ...] = ("auto", "balanced", "balanced_low_0", "sequential")
+
+DeviceMap = Union[str, Mapping[str, Union[int, str, torch.device]]]
+
+_WRAPPER_SEGMENT = "._original_component"
+
+
+# ---------------------------------------------------------------------------------- names
+def model_name(model: Any) -> str:
+    """A readable name for a bridge: its ``cfg.model_name`` (path or hub id).
+
+    Example:
+        >>> class Cfg: model_name = "Qwen/Qwen2.5-0.5B"
+        >>> class M: cfg = Cfg()
+        >>> model_name(M())
+        'Qwen/Qwen2.5-0.5B'
+    """
+    return str(getattr(getattr(model, "cfg", None), "model_name", None) or type(model).__name__)
+
+
+def _clean(name: str) -> str:
+    """A parameter name as the checkpoint spells it (TransformerLens' wrapper levels removed)."""
+    return name.replace(_WRAPPER_SEGMENT, "").removeprefix("_original_component.")
+
+
+# ---------------------------------------------------------------------------------- devices
+def _hf(model: Any) -> Any:
+    return getattr(model, "original_model", model)
+
+
+def _input_embedding(hf: Any) -> Any:
+    get = getattr(hf, "get_input_embeddings", None)
+    if not callable(get):
+        return None
+    try:
+        emb = get()
+    except (AttributeError, NotImplementedError):
+        return None
+    return getattr(emb, "original_component", None) or emb
+
+
+def device_of(model: Any) -> torch.device:
+    """The device a model's inputs go to.
+
+    ``cfg.device`` (what TransformerLens and :mod:`shiftlens.capture` use), except where it
+    cannot hold inputs: a dispatched model whose input embedding is offloaded (its weights on
+    the meta device, materialized per call by accelerate) takes the offload hook's execution
+    device. :func:`load_bridge` writes that value back into ``cfg.device``.
+
+    Args:
+        model: A TransformerBridge (or a Hugging Face model).
+
+    Example:
+        >>> from shiftlens.zoo import pair_dirs
+        >>> device_of(load_bridge(pair_dirs()[0]))  # doctest: +SKIP
+        device(type='cpu')
+    """
+    hf = _hf(model)
+    emb = _input_embedding(hf)
+    hook = getattr(emb, "_hf_hook", None) if emb is not None else None
+    exe = getattr(hook, "execution_device", None)
+    if exe is not None:
+        return torch.device(exe) if not isinstance(exe, int) else torch.device("cuda", exe)
+    dev = getattr(getattr(model, "cfg", None), "device", None)
+    if dev is not None and torch.device(dev).type != "meta":
+        return torch.device(dev)
+    if emb is not None:
+        p = next(emb.parameters(), None)
+        if p is not None and p.device.type != "meta":
+            return p.device
+    for p in hf.parameters() if hasattr(hf, "parameters") else ():
+        if p.device.type != "meta":
+            return p.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def materialized(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Inside the block, every offloaded parameter under ``module`` holds its real data.
+
+    Accelerate's CPU/disk offload leaves parameters on the meta device and fills them in for
+    the duration of a forward call; reading weights (``W_out``, norm gains) outside a forward
+    needs the same. A no-op for models that are not offloaded.
+
+    Example:
+        >>> with materialized(model.blocks[3].mlp):  # doctest: +SKIP
+        ...     W = model.blocks[3].mlp.W_out
+    """
+    try:
+        from accelerate.utils import align_module_device, has_offloaded_params
+    except ImportError:  # accelerate missing: nothing can be offloaded
+        yield module
+        return
+    with contextlib.ExitStack() as stack:
+        for sub in module.modules():
+            if has_offloaded_params(sub):
+                stack.enter_context(align_module_device(sub))
+        yield module
+
+
+def named_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every parameter of a model, by checkpoint name, materialized one module at a time.
+
+    Names are the Hugging Face ones (``model.layers.0.mlp.down_proj.weight``: TransformerLens'
+    wrapper levels removed). Offloaded parameters are read in for their module only, so memory
+    stays at one module's weights. A tied resident parameter is yielded once (an offloaded one
+    once per module that holds it).
+
+    Raises:
+        ShiftlensError: a parameter is on the meta device and no offload hook can fill it in.
+
+    Example:
+        >>> n = sum(w.numel() for _, w in named_weights(model))  # doctest: +SKIP
+    """
+    from contextlib import nullcontext
+
+    try:
+        from accelerate.utils import align_module_device, has_offloaded_params
+    except ImportError:  # pragma: no cover - accelerate is a transformers dependency here
+        align_module_device = has_offloaded_params = None
+    seen: set[int] = set()
+    for mname, mod in _hf(model).named_modules():
+        if not any(True for _ in mod.parameters(recurse=False)):
+            continue
+        offloaded = has_offloaded_params is not None and has_offloaded_params(mod)
+        with align_module_device(mod) if offloaded else nullcontext():
+            for pname, p in mod.named_parameters(recurse=False):
+                full = _clean(f"{mname}.{pname}" if mname else pname)
+                if p.device.type == "meta":
+                    raise ShiftlensError(
+                        f"{model_name(model)}: parameter {full!r} is on the meta device and no "
+                        "offload hook holds its data (a weightless or broken load)"
+                    )
+                if not offloaded:  # resident parameters live on: their ids are stable
+                    if id(p) in seen:
+                        continue
+                    seen.add(id(p))
+                yield full, p
+
+
+def _nonfinite(p: torch.Tensor) -> tuple[int, int, int, tuple[int, ...]] | None:
+    """``(n_bad, n_nan, n_inf, first index)`` when ``p`` holds a NaN or infinity, else None."""
+    if not p.is_floating_point() or p.numel() == 0:
+        return None
+    with torch.no_grad():
+        x = p.detach()
+        if x.element_size() < 2:  # float8: no reductions
+            x = x.float()
+        # one pass: min and max propagate NaN and show +-inf; no overflow, so no false alarms
+        lo, hi = torch.aminmax(x)
+        if bool(torch.isfinite(lo)) and bool(torch.isfinite(hi)):
+            return None
+        nan = torch.isnan(x)
+        inf = torch.isinf(x)
+        n_nan, n_inf = int(nan.sum()), int(inf.sum())
+        first = torch.nonzero(nan | inf)[0]
+        return n_nan + n_inf, n_nan, n_inf, tuple(int(i) for i in first)
+
+
+def check_finite_weights(model: Any, *, name: str | None = None) -> None:
+    """Raise :class:`ShiftlensError` if any parameter holds a NaN or an infinity.
+
+    One pass per tensor (``torch.aminmax``: NaN propagates into both, an infinity shows as the
+    minimum or maximum, and nothing can overflow, so there are no false alarms); only a tensor
+    found bad is then counted element by element. Offloaded parameters are read one module at a
+    time (:func:`named_weights`).
+
+    Args:
+        model: A TransformerBridge or a Hugging Face model.
+        name: The model's name for the message (default :func:`model_name`).
+
+    Raises:
+        ShiftlensError: naming every tensor with non-finite values, their counts and the first
+            bad index.
+
+    Example:
+        >>> check_finite_weights(model)  # doctest: +SKIP
+    """
+    who = name or model_name(model)
+    bad = []
+    for pname, p in named_weights(model):
+        r = _nonfinite(p)
+        if r is not None:
+            bad.append((pname, tuple(p.shape), r))
+    if bad:
+        lines = "; ".join(
+            f"{n!r} {list(shape)}: {r[0]} non-finite ({r[1]} NaN, {r[2]} inf), first at index "
+            f"{list(r[3])}"
+            for n, shape, r in bad[:5]
+        )
+        more = f" and {len(bad) - 5} more tensors" if len(bad) > 5 else ""
+        raise ShiftlensError(f"model {who!r} has non-finite weights: {lines}{more}")
+
+
+# ---------------------------------------------------------------------------------- placement
+def _norm_target(key: str, v: Any) -> int | str:
+    if isinstance(v, torch.device):
+        return v.index if v.type == "cuda" and v.index is not None else str(v)
+    if isinstance(v, bool) or not isinstance(v, (int, str)):
+        raise ShiftlensError(
+            f"device_map[{key!r}] = {v!r}: a target is a GPU index, 'cpu', 'disk' or a torch "
+            "device string"
+        )
+    if isinstance(v, int):
+        if v < 0:
+            raise ShiftlensError(f"device_map[{key!r}] = {v}: GPU indices are >= 0")
+        return v
+    s = v.strip().lower()
+    if s in ("cpu", "disk", "meta"):
+        return s
+    try:
+        torch.device(s)
+    except RuntimeError as e:
+        raise ShiftlensError(
+            f"device_map[{key!r}] = {v!r} is not a device (use a GPU index, 'cpu', 'disk' or "
+            "e.g. 'cuda:1')"
+        ) from e
+    return s
+
+
+def _is_gpu(v: int | str) -> bool:
+    return isinstance(v, int) or (isinstance(v, str) and v.split(":")[0] in ("cuda", "xpu", "npu"))
+
+
+def check_device_map(device_map: DeviceMap, *, n_devices: int | None = None) -> DeviceMap:
+    """Refuse, before anything is loaded, the device maps TransformerLens 4.3 refuses.
+
+    TransformerLens' ``boot_transformers`` (``sources/transformers/source.py`` and
+    ``utilities/multi_gpu.py``) rejects:
+
+    * ``device`` together with ``device_map`` (mutually exclusive; checked by :func:`load_bridge`);
+    * ``"meta"`` targets when weights are loaded: there is no data to offload from;
+    * a map mixing CPU or disk offload with a GPU target: TransformerLens materializes offloaded
+      weights through accelerate's hooks in every component call, but has verified that only on
+      CPU-only hardware, so it refuses any map that also places weights on a GPU
+      (``MIXED_OFFLOAD_GPU_ERROR``). All-GPU maps, all-CPU maps and CPU+disk maps are accepted;
+    * ``n_devices > 1`` whose realized map holds CPU targets (``n_devices`` is GPU-only);
+    * a map that splits tied parameters across devices (found after loading; converted to a
+      :class:`ShiftlensError` by :func:`load_bridge`).
+
+    Args:
+        device_map: A preset string (:data:`DEVICE_MAP_PRESETS`) or ``{module: target}`` with
+            targets a GPU index, ``"cpu"``, ``"disk"`` or a torch device.
+        n_devices: The ``n_devices`` that goes with it (both together are ambiguous: refused).
+
+    Returns:
+        The map with targets normalized (``torch.device("cuda", 1)`` -> ``1``, lower case).
+
+    Raises:
+        ShiftlensError: saying which entry is refused and why.
+
+    Example:
+        >>> check_device_map({"model.embed_tokens": "cpu", "model.layers": "disk", "lm_head": "cpu"})
+        {'model.embed_tokens': 'cpu', 'model.layers': 'disk', 'lm_head': 'cpu'}
+        >>> check_device_map({"model.layers.0": 0, "model.layers.1": "cpu"})
+        Traceback (most recent call last):
+        ...
+        shiftlens.errors.ShiftlensError: device_map mixes CPU/disk offload ...
+    """
+    if n_devices is not None:
+        raise ShiftlensError(
+            f"give device_map or n_devices, not both (device_map={device_map!r}, "
+            f"n_devices={n_devices})"
+        )
+    if isinstance(device_map, str):
+        if device_map not in DEVICE_MAP_PRESETS:
+            raise ShiftlensError(
+                f"device_map {device_map!r} is not one of {list(DEVICE_MAP_PRESETS)} (or give a "
+                "dict {module: target})"
+            )
+        return device_map
+    if not isinstance(device_map, Mapping) or not device_map:
+        raise ShiftlensError(
+            f"device_map must be one of {list(DEVICE_MAP_PRESETS)} or a non-empty dict "
+            f"{{module name: target}}, got {device_map!r}"
+        )
+    norm = {str(k): _norm_target(str(k), v) for k, v in device_map.items()}
+    meta = sorted(k for k, v in norm.items() if v == "meta")
+    if meta:
+        raise ShiftlensError(
+            f"device_map puts {meta[:5]} on 'meta': TransformerLens refuses meta targets when "
+            "loading weights (there is no data to offload from); use 'disk' to keep weights "
+            "off memory"
+        )
+    offload = sorted(k for k, v in norm.items() if v in ("cpu", "disk"))
+    gpu = sorted(k for k, v in norm.items() if _is_gpu(v))
+    if offload and gpu:
+        raise ShiftlensError(
+            f"device_map mixes CPU/disk offload ({offload[:3]}{'...' if len(offload) > 3 else ''}) "
+            f"with GPU targets ({gpu[:3]}{'...' if len(gpu) > 3 else ''}): TransformerLens 4.3 "
+            "refuses such maps (its offload path is verified on CPU-only hardware only). Put "
+            "everything on GPUs (plan_device_map with a larger max_memory, or bfloat16), or "
+            "everything on 'cpu'/'disk'"
+        )
+    return norm
+
+
+def parse_device_map(text: str) -> DeviceMap:
+    """A device map from command-line text: a preset name, a JSON object, or ``@file.json``.
+
+    Args:
+        text: ``"auto"``, ``'{"model.layers.0": "disk", "": "cpu"}'`` or ``"@map.json"``.
+
+    Returns:
+        The checked map (:func:`check_device_map`), ready for ``load_bridge(device_map=...)``.
+
+    Raises:
+        ShiftlensError: unreadable file, invalid JSON, or a refused map.
+
+    Example:
+        >>> parse_device_map("auto")
+        'auto'
+        >>> parse_device_map('{"model": "cpu", "lm_head": "disk"}')
+        {'model': 'cpu', 'lm_head': 'disk'}
+    """
+    s = text.strip()
+    if s in DEVICE_MAP_PRESETS:
+        return s
+    if s.startswith("@"):
+        try:
+            s = Path(s[1:]).expanduser().read_text(encoding="utf-8")
+        except OSError as e:
+            raise ShiftlensError(f"cannot read device map file {text[1:]!r}: {e}") from e
+    try:
+        obj = json.loads(s)
+    except ValueError as e:
+        raise ShiftlensError(
+            f"device map {text!r} is neither one of {list(DEVICE_MAP_PRESETS)} nor a JSON "
+            f"object ({e})"
+        ) from e
+    if not isinstance(obj, dict):
+        raise ShiftlensError(f"device map {text!r}: expected a JSON object, got {type(obj).__name__}")
+    return check_device_map(obj)
+
+
+@dataclass
+class DevicePlan:
+    """Where each module of a model would go, computed on an empty (meta-device) model.
+
+    Attributes:
+        device_map: ``{module: target}``, accepted by :func:`load_bridge` (checked with
+            :func:`check_device_map` unless ``plan_device_map(check=False)``).
+        n_parameters: Exact parameter count (tied parameters counted once).
+        parameter_bytes: ``n_parameters`` times the dtype's size.
+        bytes_per_device: Parameter bytes placed on each target (``"0"``, ``"cpu"``, ...).
+        dtype: The dtype the sizes assume.
+        max_memory: The budgets the plan was made for.
+
+    Example:
+        >>> plan = plan_device_map(config, max_memory={0: "80GiB", 1: "80GiB"},  # doctest: +SKIP
+        ...                        dtype=torch.bfloat16)
+        >>> plan.bytes_per_device  # doctest: +SKIP
+        {'0': 70246400000, '1': 70861012992}
+    """
+
+    device_map: dict[str, int | str]
+    n_parameters: int
+    parameter_bytes: int
+    bytes_per_device: dict[str, int]
+    dtype: torch.dtype
+    max_memory: dict[Any, Any] | None = field(default=None)
+
+    @property
+    def devices(self) -> list[str]:
+        """The targets used, GPUs first."""
+        return sorted(self.bytes_per_device, key=lambda d: (not d.isdigit(), d))
+
+
+def _config_of(model: Any, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoConfig, PretrainedConfig
+
+    if isinstance(model, PretrainedConfig):
+        return model
+    try:
+        return AutoConfig.from_pretrained(str(model), trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise ShiftlensError(f"could not read the config of {str(model)!r}: {e}") from e
+
+
+def empty_model(model: Any, *, dtype: torch.dtype = torch.float32) -> Any:
+    """A Hugging Face causal LM of ``model``'s config with every tensor on the meta device.
+
+    Built under ``accelerate.init_empty_weights(include_buffers=True)``: no memory is allocated,
+    whatever the size (a 70B Llama takes about a second). Module classes, parameter names,
+    shapes and tied-weight links are those of the real model.
+
+    Args:
+        model: A hub id, a local directory or a ``transformers`` config.
+        dtype: The parameters' dtype.
+
+    Example:
+        >>> from shiftlens.zoo import pair_dirs
+        >>> m = empty_model(pair_dirs()[0])
+        >>> m.lm_head.weight.device.type, sum(p.numel() for p in m.parameters())
+        ('meta', 996992)
+    """
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    config = _config_of(model)
+    with init_empty_weights(include_buffers=True):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)
+
+
+def plan_device_map(
+    model: Any,
+    *,
+    max_memory: Mapping[int | str, int | str] | None = None,
+    strategy: str = "balanced",
+    dtype: torch.dtype = torch.float32,
+    check: bool = True,
+) -> DevicePlan:
+    """Place a model on devices without loading it (accelerate on an empty, meta-device model).
+
+    Builds the model from its config under ``accelerate.init_empty_weights`` (nothing is
+    allocated, whatever the model size), then ``accelerate.infer_auto_device_map`` with the
+    architecture's no-split blocks (``_no_split_modules``) and, for the balanced strategies,
+    ``get_balanced_memory`` - the way ``from_pretrained(device_map="balanced")`` does.
+
+    Args:
+        model: A hub id, a local directory or a ``transformers`` config.
+        max_memory: Budget per target, e.g. ``{0: "80GiB", 1: "80GiB", "cpu": "200GiB"}``
+            (default: what this machine has free).
+        strategy: ``"balanced"`` (= ``"auto"``), ``"balanced_low_0"`` or ``"sequential"``.
+        dtype: The dtype the weights will be loaded in.
+        check: Refuse a plan TransformerLens would refuse (:func:`check_device_map`), e.g. a
+            70B model in float32 on two 80 GB GPUs spills onto the CPU next to the GPUs.
+
+    Returns:
+        The :class:`DevicePlan`.
+
+    Example:
+        >>> from transformers import LlamaConfig
+        >>> cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+        ...                   num_attention_heads=4, vocab_size=100)
+        >>> plan = plan_device_map(cfg, max_memory={"cpu": "1GiB"})
+        >>> plan.device_map, plan.n_parameters
+        ({'': 'cpu'}, 177216)
+    """
+    from accelerate import infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    strategies = ("auto", "balanced", "balanced_low_0", "sequential")
+    if strategy not in strategies:
+        raise ShiftlensError(f"strategy must be one of {list(strategies)}, got {strategy!r}")
+    import logging
+
+    m = empty_model(model, dtype=dtype)
+    no_split = list(getattr(m, "_no_split_modules", None) or [])
+    mm = dict(max_memory) if max_memory is not None else None
+    # planning for GPUs this machine lacks is the point: silence accelerate's "Device 1 is not
+    # available" warnings for the duration
+    log = logging.getLogger("accelerate.utils.modeling")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        if strategy != "sequential":
+            mm = get_balanced_memory(m, max_memory=mm, no_split_module_classes=no_split,
+                                     dtype=dtype, low_zero=strategy == "balanced_low_0")
+        dm = dict(infer_auto_device_map(m, max_memory=mm, no_split_module_classes=no_split,
+                                        dtype=dtype))
+    finally:
+        log.setLevel(level)
+    dm = {k: (v if isinstance(v, int) else str(v)) for k, v in dm.items()}
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    keys = sorted(dm, key=len, reverse=True)
+    per: dict[str, int] = {}
+    n = 0
+    for pname, p in m.named_parameters():
+        n += p.numel()
+        k = next((k for k in keys if k == "" or pname == k or pname.startswith(k + ".")), None)
+        if k is None:
+            raise ShiftlensError(f"plan for {type(m).__name__}: parameter {pname!r} is unplaced")
+        dev = str(dm[k])
+        per[dev] = per.get(dev, 0) + p.numel() * itemsize
+    if check:
+        check_device_map(dm)
+    return DevicePlan(dm, n, n * itemsize, per, dtype, mm)
+
+
+# ---------------------------------------------------------------------------------- loading
+class _CheckedLoader:
+    """``model_class`` for ``boot_transformers``: the class TL would pick, loading with checks.
+
+    TransformerLens calls ``model_class.from_pretrained(name, **model_kwargs)``; this loads with
+    ``output_loading_info=True`` and refuses missing/unexpected tensors and non-finite weights
+    before TransformerLens wraps the model. ``from_config`` (``load_weights=False``) passes
+    through unchecked.
+    """
+
+    def __init__(self, name: str, cls: Any, strict: bool, check_finite: bool) -> None:
+        self.name, self.cls, self.strict, self.check_finite = name, cls, strict, check_finite
+        self.loading_info: dict[str, Any] | None = None
+        self.__name__ = getattr(cls, "__name__", type(self).__name__)
+
+    def _resolve(self, config: Any) -> Any:
+        if self.cls is not None:
+            return self.cls
+        from transformer_lens.model_bridge.sources.transformers import (
+            determine_architecture_from_hf_config,
+            get_hf_model_class_for_architecture,
+        )
+
+        return get_hf_model_class_for_architecture(determine_architecture_from_hf_config(config))
+
+    def from_config(self, config: Any, **kwargs: Any) -> Any:
+        return self._resolve(config).from_config(config, **kwargs)
+
+    def from_pretrained(self, name: str, **kwargs: Any) -> Any:
+        from transformers import PreTrainedModel
+
+        cls = self._resolve(kwargs.get("config"))
+        if isinstance(cls, type) and issubclass(cls, PreTrainedModel):
+            kwargs.pop("code_revision", None)  # what TL does for concrete classes
+        model, info = cls.from_pretrained(name, output_loading_info=True, **kwargs)
+        self.loading_info = info
+        missing = sorted(info.get("missing_keys") or ())
+        unexpected = sorted(info.get("unexpected_keys") or ())
+        if missing or unexpected:
+            msg = (
+                f"checkpoint {self.name!r} does not match {type(model).__name__}: "
+                + "; ".join(
+                    f"{label} {len(keys)} tensor{'s' if len(keys) != 1 else ''} "
+                    f"{keys[:10]}{' ...' if len(keys) > 10 else ''}"
+                    for label, keys in (("missing", missing), ("unexpected", unexpected)) if keys
+                )
+                + (" (transformers would initialise the missing ones at random)" if missing
+                   else "")
+            )
+            if self.strict:
+                raise ShiftlensError(msg + "; pass strict=False to load it anyway")
+            warnings.warn(msg, ShiftlensWarning, stacklevel=2)
+        if self.check_finite:
+            check_finite_weights(model, name=self.name)
+        return model
+
+
+def _check_available(device_map: Any) -> None:
+    """Refuse CUDA targets this machine does not have (accelerate would fail mid-load)."""
+    if not isinstance(device_map, Mapping):
+        return
+    wanted = set()
+    for v in device_map.values():
+        if isinstance(v, int):
+            wanted.add(v)
+        elif isinstance(v, str) and v.split(":")[0] == "cuda":
+            wanted.add(int(v.split(":")[1]) if ":" in v else 0)
+    have = torch.cuda.device_count()
+    if wanted and max(wanted) >= have:
+        raise ShiftlensError(
+            f"device_map uses CUDA device {max(wanted)} but torch sees {have} CUDA device(s)"
+        )
+
+
+def load_bridge(
+    name_or_path: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    tokenizer: Any = None,
+    device_map: DeviceMap | None = None,
+    max_memory: Mapping[int | str, int | str] | None = None,
+    offload_folder: str | Path | None = None,
+    n_devices: int | None = None,
+    strict: bool = True,
+    check_finite: bool = True,
+    **boot_kwargs: Any,
+) -> Any:
+    """Boot one TransformerBridge from a hub id, a local Hugging Face directory or a GGUF file.
+
+    Local directories load offline (set ``HF_HUB_OFFLINE=1`` to make sure nothing is fetched).
+    The checkpoint must match the architecture exactly and hold only finite weights (see the
+    module docstring).
+
+    Args:
+        name_or_path: Hub id (``"Qwen/Qwen2.5-0.5B"``), local HF directory, or ``.gguf`` file
+            (converted once into a cached HF directory by :mod:`shiftlens.checkpoints`).
+        device: Device for the weights (default ``"cpu"``). Not with ``device_map`` or
+            ``n_devices``.
+        dtype: Weight dtype.
+        tokenizer: Optional tokenizer to use instead of the checkpoint's.
+        device_map: Accelerate placement: ``{module: target}`` (targets a GPU index,
+            ``"cpu"``, ``"disk"``) or a preset (:data:`DEVICE_MAP_PRESETS`), which is resolved
+            by :func:`plan_device_map` first. Checked with :func:`check_device_map`.
+        max_memory: Per-target budgets for a preset ``device_map``.
+        offload_folder: Where accelerate may write disk-offloaded weights (safetensors
+            checkpoints are read in place; other formats are re-saved there).
+        n_devices: Split over this many CUDA GPUs (TransformerLens' shortcut for a balanced
+            map); not with ``device_map``.
+        strict: Missing or unexpected checkpoint tensors raise (default); ``False`` warns.
+        check_finite: Refuse NaN/infinite weights (one pass over the parameters).
+        **boot_kwargs: Passed to ``TransformerBridge.boot_transformers``.
+
+    Returns:
+        The booted bridge, in eval mode, with ``cfg.device`` = :func:`device_of`.
+
+    Raises:
+        ShiftlensError: not a model directory, unreadable or truncated files, missing or
+            unexpected tensors, non-finite weights, a refused placement, or (offline) a hub id
+            that is not cached.
+
+    Example:
+        >>> from shiftlens.zoo import pair_dirs
+        >>> model = load_bridge(pair_dirs()[0])  # doctest: +SKIP
+        >>> offloaded = load_bridge(pair_dirs()[0], device_map={  # doctest: +SKIP
+        ...     "model.embed_tokens": "cpu", "model.layers": "disk", "model.norm": "cpu",
+        ...     "model.rotary_emb": "cpu", "lm_head": "cpu"}, offload_folder="/tmp/off")
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    name = str(name_or_path)
+    if name.endswith(".gguf"):
+        from shiftlens.checkpoints import gguf_to_hf_dir
+
+        name = str(gguf_to_hf_dir(name))
+    path = Path(name)
+    if path.exists() and not (path / "config.json").exists():
+        raise ShiftlensError(f"{name!r} exists but is not a Hugging Face model directory")
+    load_weights = boot_kwargs.get("load_weights", True)
+    if path.is_dir() and load_weights and (
+        any(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").exists()
+    ):
+        from shiftlens.weightfiles import verify_checkpoint_files
+
+        verify_checkpoint_files(path)
+
+    placement: dict[str, Any] = {}
+    if device_map is not None or (n_devices is not None and n_devices > 1):
+        if device is not None:
+            raise ShiftlensError(
+                f"give device or device_map/n_devices, not both (device={device!r}, "
+                f"device_map={device_map!r}, n_devices={n_devices}): TransformerLens treats "
+                "them as mutually exclusive"
+            )
+        if device_map is not None:
+            device_map = check_device_map(device_map, n_devices=n_devices)
+            if isinstance(device_map, str) and load_weights:
+                device_map = plan_device_map(name, max_memory=max_memory, dtype=dtype,
+                                             strategy=device_map).device_map
+                max_memory = None
+            _check_available(device_map)
+            placement["device_map"] = device_map
+        else:
+            have = torch.cuda.device_count()
+            if have < int(n_devices):  # type: ignore[arg-type]
+                raise ShiftlensError(
+                    f"n_devices={n_devices} needs that many CUDA GPUs; torch sees {have}"
+                )
+            placement["n_devices"] = n_devices
+        if max_memory is not None:
+            placement["max_memory"] = dict(max_memory)
+        if offload_folder is not None:
+            placement["offload_folder"] = str(offload_folder)
+    else:
+        placement["device"] = device if device is not None else "cpu"
+        if n_devices is not None:
+            placement["n_devices"] = n_devices
+
+    loader = _CheckedLoader(name, boot_kwargs.pop("model_class", None), strict, check_finite)
+    try:
+        model = TransformerBridge.boot_transformers(
+            name, dtype=dtype, tokenizer=tokenizer, model_class=loader, **placement,
+            **boot_kwargs,
+        )
+    except ShiftlensError:
+        raise
+    except OSError as e:
+        raise ShiftlensError(
+            f"could not load model {name!r}: {e}. Offline, give a local directory or GGUF file."
+        ) from e
+    except Exception as e:  # safetensors errors, TL/accelerate placement refusals
+        if type(e).__name__ == "SafetensorError" or isinstance(e, (ValueError, RuntimeError)):
+            raise ShiftlensError(f"could not load model {name!r}: {type(e).__name__}: {e}") from e
+        raise
+    if getattr(_hf(model), "hf_device_map", None):
+        model.cfg.device = str(device_of(model))
+    model.eval()
+    return model
+
+
+def load_packaged(
+    name: str,
+    *,
+    device: str = "cpu",
+    dtype: Any = None,
+    cache: str | Path | None = None,
+    progress: bool = True,
+) -> Any:
+    """Boot a packaged checkpoint as a ``TransformerBridge`` (converting it on first use).
+
+    Also importable as ``shiftlens.checkpoints.load_packaged``.
+
+    Args:
+        name: ``"smollm2"`` or ``"gemma3-270m"``.
+        device: Device for the weights.
+        dtype: Weight dtype (default float32).
+        cache: Cache root.
+        progress: Show progress while converting.
+
+    Example:
+        >>> model = load_packaged("smollm2")  # doctest: +SKIP
+        >>> model.cfg.architecture  # doctest: +SKIP
+        'LlamaForCausalLM'
+    """
+    from shiftlens.checkpoints import packaged_hf_dir
+
+    d = packaged_hf_dir(name, cache, progress=progress)
+    return load_bridge(d, device=device, dtype=dtype if dtype is not None else torch.float32)
