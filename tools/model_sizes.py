@@ -1,0 +1,131 @@
+"""Exact parameter counts and weight memory of the pairs shiftlens targets (docs/scale.md).
+
+Every number in the memory table of docs/scale.md comes from this script:
+
+    .venv/bin/python tools/model_sizes.py            # the markdown table
+    .venv/bin/python tools/model_sizes.py --json     # one JSON line per model
+
+Each model is built from its published ``config.json`` values (written out below: nothing is
+downloaded) as an empty model on the meta device (``shiftlens.bridge.empty_model``: no memory),
+its parameters counted (tied parameters once), and the count checked against a closed-form
+formula from the shapes, so a wrong config value or a miscounted tie cannot go unnoticed.
+Bytes are parameters times the dtype's size (GB = 1e9 bytes); activations, caches and framework
+overhead are not included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+# published config.json values (hub ids in the keys); tie = tie_word_embeddings
+CONFIGS: dict[str, dict] = {
+    "HuggingFaceTB/SmolLM2-135M": dict(
+        kind="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+        num_attention_heads=9, num_key_value_heads=3, vocab_size=49152, tie=True),
+    "google/gemma-3-270m": dict(
+        kind="gemma3", hidden_size=640, intermediate_size=2048, num_hidden_layers=18,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=256, vocab_size=262144, tie=True),
+    "Qwen/Qwen2.5-0.5B": dict(
+        kind="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+        num_attention_heads=14, num_key_value_heads=2, vocab_size=151936, tie=True),
+    "meta-llama/Llama-3.2-1B": dict(
+        kind="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+        num_attention_heads=32, num_key_value_heads=8, head_dim=64, vocab_size=128256, tie=True),
+    "google/gemma-2-2b": dict(
+        kind="gemma2", hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+        num_attention_heads=8, num_key_value_heads=4, head_dim=256, vocab_size=256000, tie=True),
+    "huggyllama/llama-7b (= lmsys/vicuna-7b-v1.3)": dict(
+        kind="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=32, vocab_size=32000, tie=False),
+    "meta-llama/Llama-2-7b-hf (= lmsys/vicuna-7b-v1.5)": dict(
+        kind="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=32, vocab_size=32000, tie=False),
+    "meta-llama/Llama-3.1-70B": dict(
+        kind="llama", hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+        num_attention_heads=64, num_key_value_heads=8, vocab_size=128256, tie=False),
+}
+
+
+def build_config(spec: dict):
+    """The transformers config of a spec."""
+    import transformers as tf
+
+    s = dict(spec)
+    kind, tie = s.pop("kind"), s.pop("tie")
+    cls = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config, "gemma2": tf.Gemma2Config,
+           "gemma3": tf.Gemma3TextConfig}[kind]
+    return cls(tie_word_embeddings=tie, **s)
+
+
+def formula(spec: dict) -> int:
+    """Parameter count from the shapes alone (no model object)."""
+    d, f, L, V = (spec["hidden_size"], spec["intermediate_size"], spec["num_hidden_layers"],
+                  spec["vocab_size"])
+    H, KV = spec["num_attention_heads"], spec["num_key_value_heads"]
+    dh = spec.get("head_dim") or d // H
+    attn = d * H * dh + 2 * d * KV * dh + H * dh * d
+    if spec["kind"] == "qwen2":
+        attn += H * dh + 2 * KV * dh  # q/k/v biases
+    norms = {"llama": 2, "qwen2": 2, "gemma2": 4, "gemma3": 4}[spec["kind"]] * d
+    if spec["kind"] == "gemma3":
+        norms += 2 * dh  # q_norm, k_norm
+    return V * d * (1 if spec["tie"] else 2) + d + L * (attn + 3 * d * f + norms)
+
+
+def measure(name: str, spec: dict) -> dict:
+    """Count one model on the meta device and check the count against :func:`formula`."""
+    import torch
+
+    from shiftlens.bridge import empty_model
+
+    model = empty_model(build_config(spec), dtype=torch.bfloat16)
+    n = sum(p.numel() for p in model.parameters())
+    if n != formula(spec):
+        raise SystemExit(f"{name}: counted {n} parameters, the formula says {formula(spec)}")
+    layer = sum(p.numel() for p in model.model.layers[0].parameters())
+    w_out = spec["hidden_size"] * spec["intermediate_size"]
+    return {
+        "model": name, "n_parameters": n, "n_layers": spec["num_hidden_layers"],
+        "fp32_bytes": 4 * n, "bf16_bytes": 2 * n, "pair_fp32_bytes": 8 * n,
+        "pair_bf16_bytes": 4 * n, "layer_parameters": layer, "layer_fp32_bytes": 4 * layer,
+        "w_out_fp32_bytes": 4 * w_out,
+    }
+
+
+def _gb(b: int) -> str:
+    return f"{b / 1e9:,.2f}" if b < 1e10 else f"{b / 1e9:,.1f}"
+
+
+def table(rows: list[dict]) -> str:
+    """The markdown table of docs/scale.md."""
+    out = [
+        "| model | parameters (exact) | fp32 GB | bf16/fp16 GB | pair fp32 GB | pair bf16 GB "
+        "| one layer fp32 MB | one W_out fp32 MB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['model']} | {r['n_parameters']:,} | {_gb(r['fp32_bytes'])} | "
+            f"{_gb(r['bf16_bytes'])} | {_gb(r['pair_fp32_bytes'])} | {_gb(r['pair_bf16_bytes'])} "
+            f"| {r['layer_fp32_bytes'] / 1e6:,.0f} | {r['w_out_fp32_bytes'] / 1e6:,.0f} |"
+        )
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true", help="one JSON line per model")
+    args = ap.parse_args(argv)
+    rows = [measure(name, spec) for name, spec in CONFIGS.items()]
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+    else:
+        print(table(rows))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
