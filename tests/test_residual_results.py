@@ -111,12 +111,10 @@ def test_aggregate_frame_is_the_mean_over_prompts(results):
     np.testing.assert_allclose(allk.loc[per_prompt.index].to_numpy(), per_prompt.to_numpy(),
                                atol=1e-12)
     # patching: ratio of means over prompts
-    p = pr.to_frame()
-    for (d, c, layer), g in p.groupby(["direction", "component", "layer"]):
-        row = pr.to_frame(aggregate=True).query(
-            "direction == @d and component == @c and layer == @layer")
+    agg = pr.to_frame(aggregate=True).set_index(["direction", "component", "layer"])
+    for key, g in pr.to_frame().groupby(["direction", "component", "layer"]):
         want = (g.lp_patched - g.lp_target).mean() / (g.lp_source - g.lp_target).mean()
-        assert row.recovery.item() == pytest.approx(want, abs=1e-12)
+        assert agg.loc[key, "recovery"] == pytest.approx(want, abs=1e-12)
     # a copy each time: editing it changes nothing
     a.loc[:, "cosine"] = -5.0
     assert (sim.to_frame(aggregate=True).cosine > -5).all()
