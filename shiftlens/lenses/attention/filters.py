@@ -102,9 +102,9 @@ class CosineThreshold:
         name: Description (recorded in results).
 
     Example:
-        >>> ct = cosine_threshold(torch.eye(3)[[0, 0, 1, 2]] + 0.01, n_baseline=4)
-        >>> ct(torch.tensor([0]), torch.tensor([1])).tolist()
-        [True]
+        >>> ct = cosine_threshold(torch.eye(3)[[0, 0, 1, 2]] + 0.01, z=0.5)  # words 0, 1 alike
+        >>> ct(torch.tensor([0, 0]), torch.tensor([1, 2])).tolist()
+        [True, False]
     """
 
     unit: Float[Tensor, "n_words d"]

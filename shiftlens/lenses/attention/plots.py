@@ -58,24 +58,24 @@ def head_delta_figure(result: Any, *, alpha: float = 0.05) -> Any:
     sig = result.tests[result.tests.p_bh < alpha]
     rows = {layer: j for j, layer in enumerate(result.layers)}
     if len(sig):
-        ax.scatter(sig["head"].to_numpy(), [rows[int(x)] for x in sig["layer"]], s=8, c="k",
-                   label=f"BH p < {alpha:g}")
+        ax.scatter(sig["head"].to_numpy(), [rows[int(x)] for x in sig["layer"]], s=8, c="k")
     ax.set_yticks(range(n_l), [str(x) for x in result.layers])
     integer_ticks(ax, "x")
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    ax.set_title(f"instruction mass, tuned - base ({result.query} queries)")
+    q = "response tokens" if result.query == "response" else "last prompt token"
+    ax.set_title(f"instruction mass, tuned - base\n(queries: {q}; dots: BH p < {alpha:g})")
     cb = fig.colorbar(im, ax=ax, fraction=0.05)
     cb.set_label("tuned - base (fraction of attention)")
     mb = result.mean_mass("base").mean((0, 1)).cpu().numpy()
     mt = result.mean_mass("tuned").mean((0, 1)).cpu().numpy()
     x = np.arange(len(SEGMENTS))
-    names = result.model_names
-    ax2.bar(x - 0.2, mb, 0.4, color=BASE_COLOR, label=f"base: {names.get('base', '')}"[:40])
-    ax2.bar(x + 0.2, mt, 0.4, color=TUNED_COLOR, label=f"tuned: {names.get('tuned', '')}"[:40])
+    ax2.bar(x - 0.2, mb, 0.4, color=BASE_COLOR, label="base")  # names: under the figure
+    ax2.bar(x + 0.2, mt, 0.4, color=TUNED_COLOR, label="tuned")
     ax2.set_xticks(x, list(SEGMENTS), rotation=30)
     ax2.set_ylabel("mean attention mass")
-    ax2.legend()
+    ax2.set_title("mass per key segment (all heads)")
+    ax2.legend(loc="upper left")
     _tight(fig)
     return fig
 
