@@ -105,3 +105,46 @@ def test_compat_processing_matches_own_folding(tiny_dirs, arch_):
     u_raw, u_c = unembedding(raw.base), unembedding(comp.base)
     torch.testing.assert_close(u_raw - u_raw.mean(1, keepdim=True), u_c - u_c.mean(1, keepdim=True),
                                atol=1e-5, rtol=1e-4)
+
+
+def test_from_pretrained_places_each_role(tiny_dirs, tmp_path, monkeypatch):
+    """One map for both or a (base, tuned) pair; offload folders per role (same param names)."""
+    import shiftlens.pair as pair_mod
+
+    b, t = tiny_dirs("llama")
+    calls = []
+    real = pair_mod.load_bridge
+
+    def spy(path, **kw):
+        calls.append((str(path), kw))
+        return real(path, device_map={"": "cpu"}, strict=kw["strict"],
+                    check_finite=kw["check_finite"])
+
+    monkeypatch.setattr(pair_mod, "load_bridge", spy)
+    pair = ModelPair.from_pretrained(b, t, device_map=({"": "cpu"}, {"model": "cpu", "lm_head": "cpu"}),
+                                     offload_folder=tmp_path / "off", max_memory={"cpu": "1GiB"})
+    (pb, kb), (pt, kt) = calls
+    assert (pb, pt) == (str(b), str(t))
+    assert kb["device_map"] == {"": "cpu"} and kt["device_map"] == {"model": "cpu", "lm_head": "cpu"}
+    assert kb["offload_folder"] == tmp_path / "off" / "base"
+    assert kt["offload_folder"] == tmp_path / "off" / "tuned"
+    assert kb["max_memory"] == kt["max_memory"] == {"cpu": "1GiB"} and kb["device"] is None
+    assert pair.base.cfg.device == "cpu" and not pair.identical_weights()
+
+
+def test_from_pretrained_default_device_is_cpu_and_checks_pass_through(tiny_dirs, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    b, t = tiny_dirs("gemma2")
+    pair = ModelPair.from_pretrained(b, t)
+    assert pair.base.cfg.device == "cpu" and not getattr(pair.base.original_model, "hf_device_map", None)
+    broken = tmp_path / "t"
+    shutil.copytree(t, broken)
+    sd = load_file(broken / "model.safetensors")
+    sd["model.norm.weight"][0] = float("nan")
+    save_file(sd, broken / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ShiftlensError, match=r"model '.*/t' has non-finite weights: 'model.norm.weight' \[32\]"):
+        ModelPair.from_pretrained(b, broken)
+    ModelPair.from_pretrained(b, broken, check_finite=False)  # on request

@@ -8,7 +8,7 @@ import torch
 from scipy import stats as st
 
 from shiftlens import ShiftlensError
-from shiftlens.pair import load_bridge
+from shiftlens.bridge import load_bridge
 from shiftlens.stats import bootstrap_ci, layer_groups, paired_test, welch_test
 from shiftlens.vocab import default_vocab, english_words
 from shiftlens.weights import (
