@@ -32,7 +32,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from shiftlens.bridge import model_name
+from shiftlens.bridge import device_of, model_name
 from shiftlens.checks import pad_token_id
 from shiftlens.errors import ShiftlensError
 from shiftlens.io import (
@@ -449,7 +449,7 @@ def run_hooks_batched(
         raise ShiftlensError(f"unknown reduce {reduce!r}; choose from {REDUCTIONS}")
     order = sorted(range(len(tokenized)), key=lambda i: -int(tokenized[i].tokens.shape[0]))
     results: dict[str, list[Tensor | None]] = {n: [None] * len(tokenized) for n in names}
-    device = getattr(model.cfg, "device", None) or "cpu"
+    device = device_of(model)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
         tps = [tokenized[i] for i in batch]

@@ -12,6 +12,7 @@ MODULES = [
     "shiftlens.io", "shiftlens.vocab", "shiftlens.checkpoints", "shiftlens.formats",
     "shiftlens.wu2024", "shiftlens.checks", "shiftlens.generate", "shiftlens.instrument",
     "shiftlens.result", "shiftlens.cliargs", "shiftlens.viz.style", "shiftlens.lenses.registry",
+    "shiftlens.lenses.residual", "shiftlens.lenses.residual.core", "shiftlens.residual",
 ]
 
 

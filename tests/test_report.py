@@ -99,7 +99,7 @@ def test_build_report_rejects_bad_input(llama_pair, tmp_path):
 # ----------------------------------------------------------------------------- a whole report
 def test_report_skips_missing_lens_reports_failed_lens_and_writes_files(llama_pair, tmp_path,
                                                                         monkeypatch):
-    import shiftlens.attention as attention
+    import shiftlens.lenses.attention as attention
     import shiftlens.ffn as ffn
 
     monkeypatch.setitem(sys.modules, "shiftlens.residual", None)  # not installed

@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from shiftlens.errors import ShiftlensError
 
@@ -289,6 +289,7 @@ class Section:
     seconds: float = 0.0
 
 
+@runtime_checkable
 class ReportContext(Protocol):
     """What the report hands a lens's section runner (implemented by :mod:`shiftlens.report`).
 
