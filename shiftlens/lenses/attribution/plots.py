@@ -84,7 +84,7 @@ def attribution_figure(result: AttributionResult, *, sparsified: bool = False) -
     name = Path(result.model_name).name or result.model_name
     ax.set_title(f"{name}: e·dp/de ({result.mode} mode)")
     cb = fig.colorbar(im, ax=ax, fraction=0.04)
-    cb.set_label("level s (0-10)" if sparsified else "attribution e·dp/de")
+    cb.ax.set_title("level s" if sparsified else "a[n, m]", loc="left")  # the unit, clear of ax2
     dens = result.density().cpu().numpy()
     colors = [_SEGMENT_COLORS.get(s, "0.6") for s in result.input_segments.tolist()]
     ax2.barh(range(len(ins)), dens, color=colors)
