@@ -384,7 +384,8 @@ class Result:
 
     @property
     def model_names(self) -> dict[str, str]:
-        """The model names in ``meta`` (``{"base": ..., "tuned": ...}``; may be empty)."""
+        """The model names in ``meta`` (``{"base": ..., "tuned": ...}``, ``{"model": ...}`` for
+        single-model results; may be empty)."""
         m = (self.meta or {}).get("models") if isinstance(getattr(self, "meta", None),
                                                            Mapping) else None
         return dict(m) if isinstance(m, Mapping) else {}

@@ -101,12 +101,17 @@ def integer_ticks(ax: Any, axis: str = "x") -> None:
 def label_models(fig: Any, names: Mapping[str, str] | None) -> Any:
     """Write "base: ... | tuned: ..." under a figure (once), so every figure names its models.
 
+    Single-model names (``{"model": name}``) are written as ``model: name``.
+
     Example:
         >>> fig = label_models(pyplot().figure(), {"base": "a", "tuned": "b"})
     """
     if not names:
         return fig
-    text = f"base: {names.get('base', '?')}   |   tuned: {names.get('tuned', '?')}"
+    if "base" in names or "tuned" in names:
+        text = f"base: {names.get('base', '?')}   |   tuned: {names.get('tuned', '?')}"
+    else:  # single-model results: {"model": name}
+        text = "   |   ".join(f"{k}: {v}" for k, v in names.items())
     if getattr(fig, "_shiftlens_models", None) == text:
         return fig
     fig.text(0.5, 0.0, text, ha="center", va="top", fontsize=MIN_FONT_PT, color="0.35")
