@@ -12,18 +12,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from shiftlens.lenses.registry import Section
+from shiftlens.lenses.registry import ReportContext, Section
 from shiftlens.stats import change_sentence, fmt_number
 
 __all__ = ["section", "examples"]
 
-# ``ctx`` is a :class:`shiftlens.lenses.registry.ReportContext`; it is annotated ``Any`` because
-# that Protocol is not runtime-checkable (beartype, on in the tests, refuses such a hint).
-
 _NOTE = "Weight-based: no prompts are used."
 
 
-def _concept_findings(ctx: Any, sec: Section, cs: Any) -> None:
+def _concept_findings(ctx: ReportContext, sec: Section, cs: Any) -> None:
     from shiftlens.lenses.ffn.plots import concept_share_figure
 
     s = cs.summary()
@@ -48,7 +45,7 @@ def _concept_findings(ctx: Any, sec: Section, cs: Any) -> None:
                "components, per layer group in the figure.", key=head)
 
 
-def _rotation_findings(ctx: Any, sec: Section, rot: Any) -> None:
+def _rotation_findings(ctx: ReportContext, sec: Section, rot: Any) -> None:
     from shiftlens.lenses.ffn.plots import rotation_figure
 
     s = rot.summary()
@@ -63,7 +60,7 @@ def _rotation_findings(ctx: Any, sec: Section, rot: Any) -> None:
     ctx.figure(sec, rotation_figure(rot), "rotation", s["sentence"], key=key)
 
 
-def section(ctx: Any, sec: Section) -> None:
+def section(ctx: ReportContext, sec: Section) -> None:
     """Fill the report's feed-forward section (see the module docstring).
 
     Each analysis runs through ``ctx.attempt``: a failure is recorded in ``sec`` and the
