@@ -161,8 +161,9 @@ def named_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
 
     Names are the Hugging Face ones (``model.layers.0.mlp.down_proj.weight``: TransformerLens'
     wrapper levels removed). Offloaded parameters are read in for their module only, so memory
-    stays at one module's weights. A tied resident parameter is yielded once (an offloaded one
-    once per module that holds it).
+    stays at one module's weights. A tied parameter is yielded once, under the name of the
+    tensor it is tied to (``transformer.wte.weight``, not ``lm_head.weight``), so the sequence is
+    the same whatever the placement.
 
     Raises:
         ShiftlensError: a parameter is on the meta device and no offload hook can fill it in.
@@ -176,14 +177,22 @@ def named_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
         from accelerate.utils import align_module_device, has_offloaded_params
     except ImportError:  # pragma: no cover - accelerate is a transformers dependency here
         align_module_device = has_offloaded_params = None
+    hf = _hf(model)
+    # a tied parameter once, under its source's name, whatever the placement (dispatching can
+    # give the two ends of a tie separate meta parameters; offloaded reads are new objects)
+    tied = set(getattr(hf, "all_tied_weights_keys", None) or ())  # targets -> their sources
+    wanted = {n for n, _ in hf.named_parameters() if _clean(n) not in tied}
     seen: set[int] = set()
-    for mname, mod in _hf(model).named_modules():
+    for mname, mod in hf.named_modules():
         if not any(True for _ in mod.parameters(recurse=False)):
             continue
         offloaded = has_offloaded_params is not None and has_offloaded_params(mod)
         with align_module_device(mod) if offloaded else nullcontext():
             for pname, p in mod.named_parameters(recurse=False):
-                full = _clean(f"{mname}.{pname}" if mname else pname)
+                raw = f"{mname}.{pname}" if mname else pname
+                if raw not in wanted:
+                    continue
+                full = _clean(raw)
                 if p.device.type == "meta":
                     raise ShiftlensError(
                         f"{model_name(model)}: parameter {full!r} is on the meta device and no "

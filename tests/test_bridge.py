@@ -376,3 +376,20 @@ def test_plan_70b_on_two_80gb_gpus_without_allocating():
                               check=False)
     assert "cpu" in spilled.bytes_per_device
     assert spilled.parameter_bytes == 4 * _llama_params(cfg)
+
+
+def test_named_weights_same_sequence_whatever_the_placement(tiny_dirs, tmp_path):
+    """GPT-2 with its tied embedding on disk: dispatching unties the meta parameters, yet the
+    weights come out once each, in the plain load's order, with the plain load's values."""
+    base, _ = tiny_dirs("gpt2")
+    plain = load_bridge(base)
+    off = load_bridge(base, device_map={"transformer.wte": "disk", "lm_head": "disk",
+                                        "transformer.wpe": "cpu", "transformer.h": "disk",
+                                        "transformer.ln_f": "cpu"}, offload_folder=tmp_path)
+    a, b = list(named_weights(plain)), list(named_weights(off))
+    assert [n for n, _ in a] == [n for n, _ in b]
+    assert "transformer.wte.weight" in dict(a) and "lm_head.weight" not in dict(a)
+    assert all(torch.equal(x, y) for (_, x), (_, y) in zip(a, b))
+    with torch.no_grad():
+        toks = torch.tensor([[0, 5, 9, 200, 31]])
+        assert torch.equal(off(toks), plain(toks))
