@@ -21,14 +21,13 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import torch  # noqa: E402
 
 from shiftlens import InstructionPrompt, default_prompts  # noqa: E402
+from shiftlens.lenses.attention.plots import head_delta_figure  # noqa: E402
+from shiftlens.lenses.ffn.plots import concept_share_figure, rotation_figure  # noqa: E402
 from shiftlens.viz import (  # noqa: E402
     attention_patterns,
-    concept_share_figure,
     concept_table,
-    head_delta_figure,
     importance_tokens,
     pyplot,
-    rotation_figure,
     save_figure,
 )
 

@@ -74,12 +74,12 @@ def test_available_lenses_reports_missing_modules_and_functions(monkeypatch):
     av = available_lenses()
     assert set(av) == set(LENSES)
     monkeypatch.setitem(sys.modules, "shiftlens.residual", None)  # import fails
-    import shiftlens.ffn as ffn
+    import shiftlens.lenses.ffn.compare as ffn_compare
 
-    monkeypatch.delattr(ffn, "rotation")
+    monkeypatch.delattr(ffn_compare, "rotation")
     av = available_lenses()
     assert av["residual"][0] is False and "cannot be imported" in av["residual"][1]
-    assert av["ffn"][0] is False and "shiftlens.ffn:rotation cannot be imported" in av["ffn"][1]
+    assert av["ffn"][0] is False and "shiftlens.lenses.ffn.compare:rotation cannot be imported" in av["ffn"][1]
 
 
 def test_build_report_rejects_bad_input(llama_pair, tmp_path):
@@ -99,8 +99,8 @@ def test_build_report_rejects_bad_input(llama_pair, tmp_path):
 # ----------------------------------------------------------------------------- a whole report
 def test_report_skips_missing_lens_reports_failed_lens_and_writes_files(llama_pair, tmp_path,
                                                                         monkeypatch):
-    import shiftlens.lenses.attention as attention
     import shiftlens.ffn as ffn
+    import shiftlens.lenses.attention as attention
 
     monkeypatch.setitem(sys.modules, "shiftlens.residual", None)  # not installed
 
@@ -152,12 +152,12 @@ def test_report_skips_missing_lens_reports_failed_lens_and_writes_files(llama_pa
 
 
 def test_report_debug_reraises(llama_pair, tmp_path, monkeypatch):
-    import shiftlens.ffn as ffn
+    import shiftlens.lenses.ffn.compare as ffn_compare
 
     def broken(*a, **k):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(ffn, "concept_shift", broken)
+    monkeypatch.setattr(ffn_compare, "concept_shift", broken)
     with pytest.raises(RuntimeError, match="boom"):
         build_report(llama_pair, default_prompts()[:2], tmp_path, lenses="ffn", progress=False,
                      debug=True, options={"rotation_k": 4})
@@ -196,13 +196,13 @@ def test_attention_section_states_the_lens_numbers(llama_pair, tmp_path):
 
 
 def test_prompts_without_category_and_ids(llama_pair, tmp_path, monkeypatch):
-    import shiftlens.ffn as ffn
+    import shiftlens.lenses.ffn.compare as ffn_compare
 
     def broken(*a, **k):
         raise RuntimeError("skip the work")
 
-    monkeypatch.setattr(ffn, "concept_shift", broken)
-    monkeypatch.setattr(ffn, "rotation", broken)
+    monkeypatch.setattr(ffn_compare, "concept_shift", broken)
+    monkeypatch.setattr(ffn_compare, "rotation", broken)
     prompts = [InstructionPrompt("Reverse: a b c", instruction=["Reverse:"], reference=" c b a"),
                InstructionPrompt("Count: a b", instruction=["Count:"], reference=" 2")]
     rep = build_report(llama_pair, prompts, tmp_path, lenses="ffn", progress=False)

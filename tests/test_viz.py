@@ -18,11 +18,9 @@ from shiftlens.viz import (
     Visualization,
     attention_patterns,
     circuitsvis_js,
-    concept_share_figure,
     concept_table,
     figure_html,
     importance_tokens,
-    instruction_score_figure,
     label_models,
     lens_figure,
     props_json,
@@ -254,6 +252,8 @@ def test_concept_table_from_concept_words(llama_pair):
 
 # ----------------------------------------------------------------------------- figures
 def test_instruction_score_figure_bars_are_group_means():
+    from shiftlens.lenses.attribution.plots import instruction_score_figure
+
     df = pd.DataFrame({"prompt_id": list("abcdef"), "category": list("xxxyyy"),
                        "base_score": [0.1, 0.2, 0.3, 0.5, 0.4, 0.6],
                        "tuned_score": [0.4, 0.6, 0.5, 0.5, 0.7, 0.9]})
@@ -275,23 +275,6 @@ def test_instruction_score_figure_bars_are_group_means():
     np.testing.assert_allclose([p.get_height() for p in fig2.axes[0].patches], heights)
     with pytest.raises(ShiftlensError, match="expected columns"):
         instruction_score_figure(pd.DataFrame({"x": [1.0]}))
-    pyplot().close("all")
-
-
-def test_concept_share_figure_bars_are_percent_shares():
-    rows = []
-    for g in ("lower", "upper", "all"):
-        for lab, b, t in (("coding", 0.1, 0.3), ("user-oriented", 0.2, 0.5)):
-            rows.append(dict(group=g, kind="task", label=lab, base_mean=b, base_std=np.nan,
-                             tuned_mean=t, tuned_std=np.nan, p=0.04))
-    fig = concept_share_figure(pd.DataFrame(rows), labels=["coding", "user-oriented"])
-    assert len(fig.axes) == 2
-    np.testing.assert_allclose([p.get_height() for p in fig.axes[0].patches],
-                               [10, 10, 10, 30, 30, 30])
-    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["lower", "upper", "all"]
-    assert "%" in fig.axes[0].get_ylabel()
-    with pytest.raises(ShiftlensError, match="no level shares"):
-        concept_share_figure(pd.DataFrame(rows), kind="level")
     pyplot().close("all")
 
 
@@ -323,7 +306,7 @@ def test_save_and_embed_figures(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["shiftlens.viz", "shiftlens.viz.html", "shiftlens.viz.circuits",
-                                  "shiftlens.viz.figures"])
+                                  "shiftlens.viz.style"])
 def test_docstring_examples(name):
     import doctest
     import importlib
@@ -334,27 +317,20 @@ def test_docstring_examples(name):
     pyplot().close("all")
 
 
-def test_reused_lens_figures_get_labels_and_model_names():
-    from shiftlens.viz import head_delta_figure, rotation_figure
-
+def test_lens_figure_names_the_models_and_moved_figures_still_import():
     class Fake:
         model_names = {"base": "B0", "tuned": "T0"}
 
         def show(self):
-            plt = pyplot()
-            fig, (a, b) = plt.subplots(1, 2)
-            im = a.imshow(np.eye(3))
-            fig.colorbar(im, ax=a)
-            b.plot([0, 1])
-            b.set_ylabel("kept label")
+            fig, ax = pyplot().subplots()
+            ax.plot([0, 1])
             return fig
 
-    fig = head_delta_figure(Fake())
-    cbar = [ax for ax in fig.axes if getattr(ax, "_colorbar", None) is not None][0]
-    assert cbar.get_ylabel() == "tuned - base (fraction of attention)"
-    assert fig.axes[1].get_ylabel() == "kept label" and fig.axes[0].get_ylabel() == ""
+    fig = lens_figure(Fake())
     assert any("B0" in t.get_text() and "T0" in t.get_text() for t in fig.texts)
-    fig2 = rotation_figure(Fake())
-    assert fig2.axes[0].get_ylabel() == "overlap / variance share (0-1)"
-    assert fig2.axes[1].get_ylabel() == "kept label"
+    import shiftlens.viz as viz
+    from shiftlens.lenses.ffn.plots import rotation_figure
+
+    with pytest.warns(DeprecationWarning, match="moved to shiftlens.lenses.ffn.plots"):
+        assert viz.rotation_figure is rotation_figure
     pyplot().close("all")

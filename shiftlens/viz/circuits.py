@@ -407,12 +407,12 @@ def concept_table(
     """Top words of each W_out principal component, base beside tuned (Wu et al. 2024, §5).
 
     Each word is shaded by its cosine with the component (red positive, blue negative; hover
-    for the value). With annotations (a :class:`shiftlens.ffn.ConceptShift`) the task and
+    for the value). With annotations (a :class:`shiftlens.lenses.ffn.ConceptShiftResult`) the task and
     linguistic level of each concept are shown too.
 
     Args:
         source: A :class:`shiftlens.ffn.ConceptWords`, a ``(base, tuned)`` pair of them, a
-            :class:`shiftlens.ffn.ConceptShift`, or a frame with ``layer``, ``component``,
+            :class:`shiftlens.lenses.ffn.ConceptShiftResult`, or a frame with ``layer``, ``component``,
             ``words`` (``|``-separated) and optionally ``scores``, ``model``/``role``,
             ``explained_variance_ratio``, ``task``, ``level``.
         layer: The layer to show (required when the source holds several).
