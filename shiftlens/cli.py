@@ -99,11 +99,8 @@ def _run_report(args: argparse.Namespace, pair: Any, prompts: list[Any], title: 
 
 
 # ----------------------------------------------------------------------------- commands
-def _demo_pair(device: str = "cpu", dtype: Any = None) -> tuple[Any, list[Any], str]:
+def _demo_pair(**load: Any) -> tuple[Any, list[Any], str]:
     """The embedded pair and its held-out prompts; a tiny random pair until the pair ships."""
-    import torch
-
-    dtype = dtype or torch.float32
     try:
         from shiftlens.zoo import pair_dirs, toy_pair, toy_prompts
 
@@ -115,7 +112,7 @@ def _demo_pair(device: str = "cpu", dtype: Any = None) -> tuple[Any, list[Any], 
         print("note: the embedded pair (shiftlens/zoo/pair) is not installed; using a tiny "
               "random Llama pair and the shipped prompt set instead", file=sys.stderr)
         return tiny_pair("llama"), default_prompts(), "tiny random pair"
-    return toy_pair(device=device, dtype=dtype), toy_prompts(), "embedded toy pair"
+    return toy_pair(**load), toy_prompts(), "embedded toy pair"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -125,8 +122,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     resolve_lenses(args.lenses)  # fail fast on a bad name, before loading anything
     _limits(args.lens_prompts)
-    device = A.device(args.device)
-    pair, prompts, what = _demo_pair(device, A.dtype(args.dtype))
+    pair, prompts, what = _demo_pair(**A.load_kwargs(args))
     # the toy tasks answer in at most 6 tokens + EOS: 12 generated tokens are enough
     toy = what == "embedded toy pair"
     return _run_report(args, pair, prompts, f"shiftlens demo: {what}",
@@ -144,8 +140,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     _limits(args.lens_prompts)
     base, tuned = A.model_ref(args.base), A.model_ref(args.tuned)
     prompts = A.prompts_from_args(args)
-    device = A.device(args.device)
-    pair = ModelPair.from_pretrained(base, tuned, device=device, dtype=A.dtype(args.dtype),
+    pair = ModelPair.from_pretrained(base, tuned, **A.load_kwargs(args),
                                      processing=args.processing)
     return _run_report(args, pair, prompts, args.title or "shiftlens report")
 

@@ -28,6 +28,7 @@ __all__ = [
     "debug_parent",
     "prompt_options",
     "prompts_from_args",
+    "load_kwargs",
 ]
 
 #: Weight dtypes the commands accept.
@@ -202,6 +203,12 @@ def model_options(p: argparse.ArgumentParser, threads: int | None = None) -> Non
                else "torch's default")
     p.add_argument("--threads", type=positive("--threads"), default=threads, metavar="N",
                    help=f"CPU threads for torch (default {default})")
+    p.add_argument("--device-map", default=None, metavar="MAP",
+                   help="spread each model over devices (accelerate): auto, balanced, a JSON "
+                        "object {module: device}, or @file.json; replaces --device "
+                        "(docs/scale.md)")
+    p.add_argument("--offload-folder", default=None, metavar="DIR",
+                   help="folder for weights a --device-map puts on 'disk'")
 
 
 def debug_parent() -> argparse.ArgumentParser:
@@ -268,4 +275,33 @@ def prompts_from_args(args: argparse.Namespace) -> list[Any]:
     if not prompts:
         raise error(f"prompt file {args.prompts!r} holds no prompts")
     return list(prompts)
+
+
+def load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Loading options from :func:`model_options`: device (or device map), dtype, offload.
+
+    For ``load_bridge`` and ``ModelPair.from_pretrained``; with ``--device-map`` no single
+    ``device`` is passed (TransformerLens refuses both together).
+
+    Example:
+        >>> p = Parser(prog="x"); model_options(p)
+        >>> load_kwargs(p.parse_args(["--device-map", "auto"]))["device_map"]  # doctest: +SKIP
+        'auto'
+    """
+    out: dict[str, Any] = {"dtype": dtype(args.dtype)}
+    dm = getattr(args, "device_map", None)
+    if dm:
+        from shiftlens.bridge import parse_device_map
+
+        if getattr(args, "device", "cpu") not in (None, "cpu"):
+            raise error("give either --device or --device-map, not both")
+        out["device"] = None
+        out["device_map"] = parse_device_map(dm)
+        if getattr(args, "offload_folder", None):
+            out["offload_folder"] = args.offload_folder
+    else:
+        if getattr(args, "offload_folder", None):
+            raise error("--offload-folder only applies with --device-map")
+        out["device"] = device(args.device)
+    return out
 

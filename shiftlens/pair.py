@@ -234,8 +234,15 @@ class ModelPair:
         return cls(base, tuned, names=names, processing=processing, check=check)
 
     # ------------------------------------------------------------------ checks
-    def check_compatible(self, probe_strings: Sequence[str] = PROBE_STRINGS) -> None:
+    def check_compatible(self, probe_strings: Sequence[str] = PROBE_STRINGS, *,
+                         weights: bool = True) -> None:
         """Raise :class:`ShiftlensError` unless tokenizers and shapes agree; warn on equal weights.
+
+        Args:
+            probe_strings: Texts both tokenizers must encode identically.
+            weights: Also compare every parameter (a warning when all are equal). Lenses that
+                re-check a pair pass ``False``: the comparison reads both models in full, which
+                is slow for offloaded models and was done when the pair was built.
 
         Example:
             >>> pair.check_compatible()  # doctest: +SKIP
@@ -280,7 +287,7 @@ class ModelPair:
                 f"incompatible pair ({who}): default_prepend_bos "
                 f"{self.base.cfg.default_prepend_bos} != {self.tuned.cfg.default_prepend_bos}"
             )
-        if self.base is self.tuned or self.identical_weights():
+        if weights and (self.base is self.tuned or self.identical_weights()):
             warnings.warn(
                 f"base {b!r} and tuned {t!r} have identical weights: every shift will be zero",
                 ShiftlensWarning,

@@ -75,12 +75,12 @@ def manifest() -> dict[str, Any]:
 
 
 def toy_pair(
-    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, **kwargs: Any
+    device: str | torch.device | None = "cpu", dtype: torch.dtype = torch.float32, **kwargs: Any
 ) -> ModelPair:
     """Load the shipped pair as a :class:`shiftlens.pair.ModelPair` (offline, a second or two).
 
     Args:
-        device: device for both models.
+        device: device for both models (None with a ``device_map=`` in ``kwargs``).
         dtype: weight dtype for both (the checkpoints are stored in float32).
         **kwargs: passed to :meth:`ModelPair.from_pretrained` (e.g. ``processing="compat"``).
 

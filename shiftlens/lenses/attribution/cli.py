@@ -52,8 +52,7 @@ def run_attribute(args: argparse.Namespace) -> int:
 
     prompt = InstructionPrompt(args.prompt, instruction=args.instruction or (),
                                context=args.context or (), id="cli")
-    device = A.device(args.device)
-    model = load_bridge(A.model_ref(args.model), device=device, dtype=A.dtype(args.dtype))
+    model = load_bridge(A.model_ref(args.model), **A.load_kwargs(args))
     if args.chat_template:  # the user text becomes the user turn; spans move with it
         prompt = prompt.with_chat_template(model.tokenizer, system=args.system)
     att = attribute(model, prompt, args.response, max_new_tokens=args.max_new_tokens,

@@ -42,8 +42,7 @@ def run_concepts(args: argparse.Namespace) -> int:
     from shiftlens.lenses.ffn.core import concept_words
     from shiftlens.lenses.ffn.lexicon import LexiconAnnotator
 
-    device = A.device(args.device)
-    model = load_bridge(A.model_ref(args.model), device=device, dtype=A.dtype(args.dtype))
+    model = load_bridge(A.model_ref(args.model), **A.load_kwargs(args))
     check_layer(model, args.layer)
     cw = concept_words(model, args.layer, k=args.k, top_words=args.top_words)
     df = cw.to_frame()
