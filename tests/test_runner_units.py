@@ -286,3 +286,32 @@ def test_doctests(name):
     res = doctest.testmod(importlib.import_module(name),
                           optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert res.attempted > 0 and res.failed == 0
+
+
+def test_ray_scheduler_spreads_roles_and_switches_only_when_it_pays():
+    from shiftlens.runner.distributed import _Scheduler
+
+    now = [0.0]
+    todo = [(i, r) for r in ("base", "tuned") for i in range(4)]
+    s = _Scheduler(todo, ("base", "tuned"), 2, clock=lambda: now[0])
+    s.holds[0] = "base"  # the planning actor
+    assert s.take(0) == (0, "base") and s.take(1) == (0, "tuned")  # one role each
+    assert s.idle() == []
+    for _ in range(3):  # plain records take 1 s; actor 1's first record loaded its model: 11 s
+        now[0] += 1
+        s.done(0)
+        assert s.take(0)[1] == "base"
+    now[0] += 8
+    s.done(1)
+    assert s.compute_times == [1, 1, 1] and s.load_times == [11]
+    assert s.take(1) == (1, "tuned")
+    now[0] += 1
+    s.done(0)  # base is done; 2 tuned records left, held by actor 1: a 10 s load does not pay
+    assert s.take(0) is None and s.idle() == [0]
+    s.load_times = [1.2]  # a cheap load: switching pays (0.2 s < 2 records x 1 s / 2)
+    assert s.take(0) == (2, "tuned")
+    s.dead(1, (1, "tuned"))  # actor 1 stays dead: its record goes back to the front
+    assert s.alive == {0} and s.queues["tuned"][0] == 1 and s.holds[1] is None
+    now[0] += 1
+    s.done(0)
+    assert s.take(0) == (1, "tuned") and s.pending() == 1

@@ -4,8 +4,10 @@
 starts ``N`` actors. Each holds the model of one role at a time, loaded lazily by the first task
 that needs it (and freed before the other role's model is loaded), so a worker's peak memory is
 one model, and an actor that Ray restarts after a failure simply loads its model again. The
-driver keeps one task in flight per actor and hands the next record (base records first, then
-tuned) to whichever actor finishes: a queue, so fast and slow workers balance. Actors are
+driver keeps one task in flight per actor and hands the next record to whichever actor
+finishes: a queue, so fast and slow workers balance. An actor keeps to the model it holds while
+that role has records left, and idle actors spread over the roles, so two workers compute the
+base and the tuned records side by side with one model load each. Actors are
 created with ``max_restarts`` and ``max_task_retries``: when one dies (killed, out of memory, a
 lost node) Ray restarts it and reruns its unfinished record; should it die more often than
 that, its record goes back into the queue for the other actors. Records travel back to the
@@ -117,6 +119,79 @@ class _Worker:
         return os.getpid()
 
 
+class _Scheduler:
+    """Which record each idle actor computes next.
+
+    One queue per role (prompt order). An actor keeps to the role whose model it holds while
+    that role has work. An actor without work for its model (or without a model) takes the
+    role the fewest other actors hold (the one with the most work left first), so with two
+    workers one computes the base records and the other the tuned ones: two model loads, not
+    four. At the tail an actor switches to the other role only when no actor holds it, or when
+    the measured times say the switch pays: a model load (``L``, the first record after a load
+    minus a plain record's time ``C``) costs less than the time it saves the actors already on
+    that role, ``remaining * C / (n * (n + 1))``. Before anything is measured it switches.
+    """
+
+    def __init__(self, todo: list[tuple[int, str]], roles: tuple[str, ...], workers: int,
+                 clock: Any = None) -> None:
+        import time
+
+        self.clock = clock or time.monotonic
+        self.roles = roles
+        self.queues: dict[str, deque[int]] = {r: deque() for r in roles}
+        for i, role in todo:
+            self.queues[role].append(i)
+        self.holds: dict[int, str | None] = dict.fromkeys(range(workers))
+        self.alive = set(range(workers))
+        self.busy: dict[int, tuple[float, bool]] = {}  # actor -> (dispatched at, loads a model)
+        self.compute_times: list[float] = []
+        self.load_times: list[float] = []
+
+    def idle(self) -> list[int]:
+        return sorted(self.alive - set(self.busy))
+
+    def _pays(self, role: str, a: int) -> bool:
+        n = sum(1 for b in self.alive if b != a and self.holds[b] == role)
+        if n == 0 or not self.compute_times or not self.load_times:
+            return True
+        c = sorted(self.compute_times)[len(self.compute_times) // 2]
+        load = max(0.0, sorted(self.load_times)[len(self.load_times) // 2] - c)
+        return load < len(self.queues[role]) * c / (n * (n + 1))
+
+    def _role_for(self, a: int) -> str | None:
+        cur = self.holds[a]
+        if cur is not None and self.queues[cur]:
+            return cur
+        open_roles = [r for r in self.roles if self.queues[r] and self._pays(r, a)]
+        if not open_roles:
+            return None
+        others = [self.holds[b] for b in self.alive if b != a]
+        return min(open_roles, key=lambda r: (others.count(r), -len(self.queues[r]),
+                                              self.roles.index(r)))
+
+    def take(self, a: int) -> tuple[int, str] | None:
+        """The next ``(index, role)`` for idle actor ``a`` (None: nothing worth doing now)."""
+        role = self._role_for(a)
+        if role is None:
+            return None
+        self.busy[a] = (self.clock(), self.holds[a] != role)
+        self.holds[a] = role
+        return self.queues[role].popleft(), role
+
+    def done(self, a: int) -> None:
+        t0, loaded = self.busy.pop(a)
+        (self.load_times if loaded else self.compute_times).append(self.clock() - t0)
+
+    def dead(self, a: int, key: tuple[int, str]) -> None:
+        self.busy.pop(a, None)
+        self.alive.discard(a)
+        self.holds[a] = None
+        self.queues[key[1]].appendleft(key[0])
+
+    def pending(self) -> int:
+        return sum(len(q) for q in self.queues.values())
+
+
 def check_resources(source: Any, workers: int, gpus: float, cpus: float, restarts: int) -> None:
     """Refuse Ray settings that cannot work, before anything is started or written.
 
@@ -191,33 +266,28 @@ def execute_ray(ctx: Any, todo: list[tuple[int, str]], bar: Any, *, workers: int
         digest = ctx.publish(data)[0]
         box = (digest, [ray.put((ctx.store.path / ctx.store.PLAN).read_bytes())])
 
-        queue = deque(todo)
+        sched = _Scheduler(todo, ctx.units.roles, workers)
+        sched.holds[0] = todo[0][1]  # the planning actor has that model loaded
         inflight: dict[Any, tuple[int, tuple[int, str]]] = {}
-        busy: set[int] = set()
-        alive = set(range(workers))
         deaths: list[str] = []
 
         def feed() -> None:
-            for a in sorted(alive - busy):
-                if not queue:
-                    return
-                key = queue.popleft()
-                inflight[actors[a].compute.remote(key[1], key[0], box)] = (a, key)
-                busy.add(a)
+            for a in sched.idle():
+                key = sched.take(a)
+                if key is not None:
+                    inflight[actors[a].compute.remote(key[1], key[0], box)] = (a, key)
 
         computed = 0
         feed()
         while inflight:
             (ref,), _ = ray.wait(list(inflight), num_returns=1)
             a, key = inflight.pop(ref)
-            busy.discard(a)
             try:
                 data = ray.get(ref)
             except RayActorError as e:  # restarts and retries exhausted: requeue elsewhere
-                alive.discard(a)
+                sched.dead(a, key)
                 deaths.append(str(e).splitlines()[0])
-                queue.appendleft(key)
-                if not alive:
+                if not sched.alive:
                     raise ShiftlensError(
                         f"every Ray worker died ({len(deaths)} deaths, last: {deaths[-1]}); "
                         f"{computed} records were written; rerun with --resume") from e
@@ -225,13 +295,16 @@ def execute_ray(ctx: Any, todo: list[tuple[int, str]], bar: Any, *, workers: int
                 continue
             except RayTaskError as e:
                 raise _remote_error(e, key, ctx) from e
+            sched.done(a)
             i, role = key
             ctx.store.decode_record(i, role, data, digest)  # check before publishing
             ctx.store.write_record(i, role, data)
             computed += 1
-            bar.set_postfix_str(f"{len(alive)} workers", refresh=False)
+            bar.set_postfix_str(f"{len(sched.alive)} workers", refresh=False)
             bar.update(1)
             feed()
+        if sched.pending():  # pragma: no cover - the scheduler always keeps a holder busy
+            raise ShiftlensError(f"internal error: {sched.pending()} records left unscheduled")
         return computed
     finally:
         for actor in actors:

@@ -581,6 +581,20 @@ def _ids(store: RunStore) -> Any:
     return lambda i: prompt_id(prompts[i], i)
 
 
+def _registered_units(name: str) -> Any:
+    """The registered lens units called ``name`` (a run started with a wrapper object)."""
+    from shiftlens.lenses.registry import registered_lenses, resolve_ref
+
+    for spec in registered_lenses().values():
+        if not spec.units:
+            continue
+        obj = resolve_ref(spec.units)
+        for u in (obj.values() if isinstance(obj, Mapping) else [obj]):
+            if getattr(u, "name", None) == name:
+                return u
+    return None
+
+
 def load_run(path: str | Path, *, units: Any = None) -> Any:
     """Assemble the Result of a complete run directory (no model is loaded).
 
@@ -590,8 +604,8 @@ def load_run(path: str | Path, *, units: Any = None) -> Any:
 
     Args:
         path: The run directory.
-        units: The LensUnits, when the run was made with an object no module exports (else
-            found from ``run.json``).
+        units: The LensUnits, when the run was made with an object no module exports and no
+            registered lens provides units of its name (else found from ``run.json``).
 
     Raises:
         ShiftlensError: not a run directory, records missing or damaged (the message says how
@@ -605,10 +619,11 @@ def load_run(path: str | Path, *, units: Any = None) -> Any:
     where = repr(str(store.path))
     if units is None:
         ref = store.info.get("units")
-        if not ref:
-            raise ShiftlensError(f"{where} was made with units no module exports; pass them: "
+        units = resolve_units(ref)[0] if ref else _registered_units(store.info["units_name"])
+        if units is None:
+            raise ShiftlensError(f"{where} was made with units {store.info['units_name']!r}, "
+                                 "which no registered lens provides; pass them: "
                                  "load_run(path, units=...)")
-        units = resolve_units(ref)[0]
     if units.name != store.info["units_name"]:
         raise ShiftlensError(f"{where} is a run of {store.info['units_name']!r}, not of "
                              f"{units.name!r}")
