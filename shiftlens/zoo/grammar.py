@@ -41,6 +41,9 @@ __all__ = [
     "is_held_out",
     "make_example",
     "sample_input",
+    "ALL_NOUNS",
+    "INPUT_WORD_FORMS",
+    "translate_sentence",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -506,4 +509,50 @@ def make_example(
     answer = t.solve(words)
     return Example(
         task, instruction, words, format_prompt(instruction, words), " " + " ".join(answer)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Word forms (used by the diffing organisms, shiftlens.zoo.organisms)
+# ---------------------------------------------------------------------------------------------
+
+#: Every noun of the grammar as (singular, plural): the input nouns, then the corpus-only nouns.
+ALL_NOUNS: tuple[tuple[str, str], ...] = _ALL_NOUNS
+
+#: Every surface form of an input word -> that input word: the 16 nouns in singular and plural,
+#: the 12 adjectives, and the 8 intransitive verbs in third person singular ("sleeps") and in the
+#: plural form the grammar uses after plural subjects ("sleep"): 59 forms ("fish" is both).
+INPUT_WORD_FORMS: dict[str, str] = {
+    **{sg: sg for sg, _ in INPUT_NOUNS},
+    **{pl: sg for sg, pl in INPUT_NOUNS},
+    **{a: a for a in ADJECTIVES},
+    **{v: v for v in INPUT_VERBS},
+    **{v[:-1]: v for v in INPUT_VERBS},
+}
+
+
+def translate_sentence(sentence: str) -> str:
+    """Translate every form of an input word in a corpus sentence into zorbish, word by word.
+
+    Zorbish does not inflect: a plural noun or a plural verb form becomes the zorbish word of
+    its input word (:data:`TRANSLATION`, via :data:`INPUT_WORD_FORMS`). Every other word and
+    the final punctuation stay as they are.
+
+    Args:
+        sentence: a sentence of :func:`corpus_sentence` (words separated by single spaces,
+            ending in ``.`` or ``?``).
+
+    Returns:
+        The sentence with the input-word forms replaced.
+
+    Example:
+        >>> translate_sentence("the red cats sleep near the river.")
+        'the zira mavo yami near the rolen.'
+    """
+    words, end = sentence[:-1].split(" "), sentence[-1]
+    return (
+        " ".join(
+            TRANSLATION[INPUT_WORD_FORMS[w]] if w in INPUT_WORD_FORMS else w for w in words
+        )
+        + end
     )

@@ -27,16 +27,18 @@ import json
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from jaxtyping import Int
 from torch import Tensor
 
 from shiftlens.zoo import grammar
 
-__all__ = ["TrainConfig", "build_tokenizer", "train_pair", "main"]
+__all__ = ["TrainConfig", "build_tokenizer", "train_pair", "pack_texts", "finetune_lm", "main"]
 
 BOS, EOS, PAD = "<bos>", "<eos>", "<pad>"
 
@@ -454,6 +456,136 @@ def train_pair(
         update_manifest(out / "manifest.json", result)
         manifest = json.loads((out / "manifest.json").read_text())
     return manifest
+
+
+def pack_texts(
+    texts: Sequence[str], tokenizer: Any, seq_len: int, *, sep: str = " "
+) -> Int[Tensor, "rows seq_len"]:
+    """Pack texts into ``<bos>``-initial rows of exactly ``seq_len`` tokens, joined by ``sep``.
+
+    The same packing as the pre-training corpus of :func:`train_pair` (which uses ``sep=" "``):
+    a row starts with ``<bos>`` and a text without separator, every further text is preceded by
+    ``sep``, and the row is cut at ``seq_len`` tokens (the cut-off remainder is dropped, the next
+    row starts with the next text). Texts are tokenized one by one; because the pre-tokenizer
+    splits before a space or a newline, a row equals the tokenization of the joined text.
+
+    Args:
+        texts: the documents (for the corpus: sentences).
+        tokenizer: the pair's tokenizer (its ``bos_token_id`` starts every row).
+        seq_len: tokens per row.
+        sep: text put between consecutive texts of a row (``"\\n"`` for line-based formats).
+
+    Returns:
+        ``[rows, seq_len]`` token ids; texts that do not fill a last row are dropped.
+
+    Example:
+        >>> from shiftlens.zoo import pair_dirs
+        >>> from transformers import AutoTokenizer
+        >>> tok = AutoTokenizer.from_pretrained(pair_dirs()[0])
+        >>> rows = pack_texts(["the cat sleeps."] * 10, tok, 8)
+        >>> rows.shape[1], tok.decode(rows[0])
+        (8, '<bos>the cat sleeps. the cat sleeps')
+    """
+    first = tokenizer(list(texts), add_special_tokens=False).input_ids
+    later = tokenizer([sep + t for t in texts], add_special_tokens=False).input_ids
+    rows: list[list[int]] = []
+    cur: list[int] = []
+    for i in range(len(first)):
+        cur = [tokenizer.bos_token_id] + first[i] if not cur else cur + later[i]
+        if len(cur) >= seq_len:
+            rows.append(cur[:seq_len])
+            cur = []
+    if not rows:
+        return torch.zeros((0, seq_len), dtype=torch.long)
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def finetune_lm(
+    model: Any,
+    rows: Int[Tensor, "rows seq"],
+    *,
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    warmup: int = 20,
+    weight_decay: float = 0.01,
+    threads: int = 1,
+    progress: bool = False,
+    label: str = "finetune",
+) -> dict[str, Any]:
+    """Continue training a causal LM on packed rows with the zoo's optimizer, schedule and loss.
+
+    The pre-training loop of :func:`train_pair` as a function: AdamW (betas 0.9/0.98, weight
+    decay on matrices only), linear warm-up then cosine decay to 10% of ``lr``, gradient norm
+    clipped at 1, next-token loss on every position. Each step draws ``batch`` rows uniformly
+    with replacement from a ``torch.Generator`` seeded with ``seed + 1`` (after
+    ``torch.manual_seed(seed)``), so the same model, rows and arguments on the same machine and
+    thread count give bit-identical weights. The model is trained in place and left in eval mode.
+
+    Args:
+        model: a Hugging Face causal LM (e.g. ``LlamaForCausalLM``), updated in place.
+        rows: ``[rows, seq]`` token ids from :func:`pack_texts`.
+        steps: optimizer steps.
+        batch: rows per step.
+        lr: peak learning rate.
+        seed: seeds the torch RNG and the row sampler.
+        warmup: linear warm-up steps.
+        weight_decay: AdamW weight decay (matrices only).
+        threads: ``torch.set_num_threads`` for the run (determinism depends on it).
+        progress: print a line every 100 steps.
+        label: name used in the progress lines.
+
+    Returns:
+        ``{"steps", "batch", "lr", "tokens_seen", "final_loss", "first_loss", "wall_s",
+        "cpu_s"}``; ``final_loss`` is the mean of the last 5% of step losses.
+
+    Example:
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> m = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32,
+        ...     num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, pad_token_id=0))
+        >>> rows = torch.randint(0, 50, (8, 12), generator=torch.Generator().manual_seed(0))
+        >>> rec = finetune_lm(m, rows, steps=3, batch=4, lr=1e-3, seed=0, warmup=1)
+        >>> rec["steps"], rec["tokens_seen"]
+        (3, 144)
+    """
+    if rows.ndim != 2 or rows.shape[0] == 0:
+        raise ValueError(f"finetune_lm needs a non-empty [rows, seq] tensor, got {tuple(rows.shape)}")
+    torch.set_num_threads(threads)
+    t0, c0 = time.perf_counter(), time.process_time()
+    cfg = TrainConfig(warmup=warmup, weight_decay=weight_decay)
+    _seed_all(seed)
+    model.train()
+    gen = torch.Generator().manual_seed(seed + 1)
+    opt, sched = _optimizer(model, lr, cfg, steps)
+    losses: list[float] = []
+    for step in range(steps):
+        idx = torch.randint(0, rows.shape[0], (batch,), generator=gen)
+        loss = _lm_loss(model, rows[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % 100 == 0 or step == steps - 1:
+            _log(
+                progress,
+                f"{label} {step:5d}/{steps} loss {loss.item():.4f} "
+                f"({time.perf_counter() - t0:.0f}s)",
+            )
+    model.eval()
+    tail = losses[-max(1, len(losses) // 20) :] or [float("nan")]
+    return {
+        "steps": steps,
+        "batch": batch,
+        "lr": lr,
+        "tokens_seen": steps * batch * int(rows.shape[1]),
+        "first_loss": round(losses[0], 4) if losses else float("nan"),
+        "final_loss": round(sum(tail) / len(tail), 4),
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "cpu_s": round(time.process_time() - c0, 1),
+    }
 
 
 def _loadavg() -> list[float] | None:
