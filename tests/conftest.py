@@ -79,3 +79,22 @@ def unchecked():
         yield
     finally:
         jaxtyping.config.update("jaxtyping_disable", old)
+
+
+# ---------------------------------------------------------------------------- tiers by folder
+#: tests/<tier>/ -> marker added to every test collected there (select with -m).
+TIER_MARKERS = {"toy": "toy", "planted": "planted", "real": "real", "browser": "browser"}
+
+
+def pytest_collection_modifyitems(config, items):
+    from pathlib import Path
+
+    root = Path(__file__).parent
+    for item in items:
+        try:
+            tier = Path(str(item.fspath)).relative_to(root).parts[0]
+        except ValueError:
+            continue
+        marker = TIER_MARKERS.get(tier)
+        if marker:
+            item.add_marker(getattr(pytest.mark, marker))

@@ -29,7 +29,7 @@ from shiftlens.formats import (
 from shiftlens.prompts import SEGMENTS, tokenize_prompt
 from shiftlens.wu2024 import Wu2024Ratings, load_wu2024_ratings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def spans(p):

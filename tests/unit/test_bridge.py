@@ -34,7 +34,7 @@ from shiftlens.bridge import (
     plan_device_map,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 #: A CPU+disk map of the embedded pair (4-layer Llama): embedding, odd layers, final norm and
 #: unembedding on disk, even layers on the CPU.

@@ -12,7 +12,7 @@ import pytest
 
 import shiftlens
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = "\n".join(p.read_text() for p in (ROOT / "docs").glob("*.md"))
 
 

@@ -17,7 +17,7 @@ from shiftlens.cli import build_parser, main
 
 assert build_parser().prog == "shiftlens"
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(capsys, *argv):
