@@ -18,7 +18,7 @@ from shiftlens.errors import ShiftlensError
 
 __all__ = [
     "TestResult", "welch_test", "paired_test", "bootstrap_ci", "layer_groups", "p_adjust",
-    "change_sentence", "fmt_number", "digits_for",
+    "change_sentence", "test_label", "fmt_number", "digits_for",
 ]
 
 Alternative = Literal["two-sided", "greater", "less"]
@@ -269,6 +269,21 @@ def digits_for(a: float, b: float, fmt: str | None) -> str:
     return ".3e"
 
 
+def test_label(test: str, alternative: str = "two-sided") -> str:
+    """The name of a test as a sentence states it, sidedness included.
+
+    Two-sided tests are the default everywhere; a one-sided test says which way it looks.
+
+    Example:
+        >>> test_label("Welch t-test"), test_label("paired t-test", "greater")
+        ('two-sided Welch t-test', 'one-sided (tuned > base) paired t-test')
+    """
+    if alternative in ("two-sided", "two_sided", None):
+        return f"two-sided {test}".strip()
+    side = {"greater": "tuned > base", "less": "tuned < base"}.get(alternative, alternative)
+    return f"one-sided ({side}) {test}".strip()
+
+
 def change_sentence(
     what: str,
     base: float,
@@ -276,41 +291,57 @@ def change_sentence(
     *,
     p: float | None = None,
     test: str = "",
+    alternative: str = "two-sided",
     ci: Sequence[float] | None = None,
     n: int | None = None,
     fmt: str | None = None,
     unit: str = "",
     alpha: float = 0.05,
 ) -> str:
-    """"<What> rose from X (base) to Y (tuned) (difference, 95% CI, test p, n; significance)".
+    """"<What> rose significantly from X (base) to Y (tuned) (difference, 95% CI, test p, n)".
 
-    Numbers get 3 decimals, more when the two values would otherwise print the same.
+    The direction and the verdict are in the words: "rose significantly", "fell significantly",
+    "rose, not significantly", "fell, not significantly", "did not change". ``test`` is named
+    with its sidedness (:func:`test_label`); a one-sided test whose direction disagrees with the
+    observed change says so instead of calling a clear change "not significant". Numbers get 3
+    decimals, more when the two values would otherwise print the same.
 
     Example:
         >>> change_sentence("instruction score", 0.2, 0.5, p=0.001, test="paired t-test", n=12)
-        'Instruction score rose from 0.200 (base) to 0.500 (tuned) (difference +0.300, paired t-test p = 0.001, n = 12; significant at 0.05).'
+        'Instruction score rose significantly from 0.200 (base) to 0.500 (tuned) (difference +0.300, two-sided paired t-test p = 0.001, n = 12; significant at 0.05).'
+        >>> change_sentence("score", 0.5, 0.4, p=0.3, test="Welch t-test")
+        'Score fell, not significantly, from 0.500 (base) to 0.400 (tuned) (difference -0.100, two-sided Welch t-test p = 0.3; not significant at 0.05).'
     """
     b, t = float(base), float(tuned)
     finite = math.isfinite(b) and math.isfinite(t)
     fmt = digits_for(b, t, fmt) if finite else (fmt or ".3f")
+    pv = float(p) if p is not None else float("nan")
+    tested = p is not None and math.isfinite(pv)
+    against = (alternative == "greater" and t < b) or (alternative == "less" and t > b)
+    sig = tested and pv < alpha and not against
     if not finite:
         verb = "could not be compared:"
-    elif t > b:
-        verb = "rose"
-    elif t < b:
-        verb = "fell"
-    else:
+    elif t == b:
         verb = "did not change:"
+    else:
+        d = "rose" if t > b else "fell"
+        verb = d if not tested else (f"{d} significantly" if sig else f"{d}, not significantly,")
     extra = [f"difference {t - b:+{fmt}}{unit}"] if finite else []
     if ci is not None and len(ci) == 2 and all(math.isfinite(float(c)) for c in ci):
         extra.append(f"95% CI [{float(ci[0]):{fmt}}, {float(ci[1]):{fmt}}]")
     if p is not None:
-        extra.append(f"{test + ' ' if test else ''}p = {fmt_number(p, '.3g')}")
+        name = test_label(test, alternative) if test else (
+            "" if alternative == "two-sided" else test_label("test", alternative))
+        extra.append(f"{name + ' ' if name else ''}p = {fmt_number(p, '.3g')}")
     if n is not None:
         extra.append(f"n = {n}")
     tail = ""
-    if p is not None and math.isfinite(float(p)):
-        tail = f"; {'significant' if float(p) < alpha else 'not significant'} at {alpha:g}"
+    if tested:
+        if against:
+            tail = (f"; the test looked for the opposite direction ({alternative}), so it cannot "
+                    "call this change significant: use a two-sided test")
+        else:
+            tail = f"; {'significant' if sig else 'not significant'} at {alpha:g}"
     s = (f"{what[:1].upper()}{what[1:]} {verb} from {fmt_number(b, fmt)}{unit} (base) to "
          f"{fmt_number(t, fmt)}{unit} (tuned)")
     return s + (f" ({', '.join(extra)}{tail})." if extra else ".")

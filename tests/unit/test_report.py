@@ -59,10 +59,18 @@ def test_resolve_lenses():
 
 def test_change_sentence_wording_and_digits():
     s = change_sentence("the score", 0.2, 0.5, p=0.001, test="paired t-test", ci=(0.1, 0.4), n=9)
-    assert s == ("The score rose from 0.200 (base) to 0.500 (tuned) (difference +0.300, 95% CI "
-                 "[0.100, 0.400], paired t-test p = 0.001, n = 9; significant at 0.05).")
-    assert change_sentence("x", 2.0, 1.0, p=0.2).startswith("X fell from 2.000 (base) to 1.000")
+    assert s == ("The score rose significantly from 0.200 (base) to 0.500 (tuned) (difference "
+                 "+0.300, 95% CI [0.100, 0.400], two-sided paired t-test p = 0.001, n = 9; "
+                 "significant at 0.05).")
+    assert change_sentence("x", 2.0, 1.0, p=0.2).startswith(
+        "X fell, not significantly, from 2.000 (base) to 1.000")
     assert "not significant at 0.05" in change_sentence("x", 2.0, 1.0, p=0.2)
+    # issue 15: a one-sided test never calls a clear drop "not significant" without saying why
+    drop = change_sentence("x", 0.476, 0.117, p=1.0, test="Welch t-test", alternative="greater")
+    assert "one-sided (tuned > base) Welch t-test p = 1" in drop
+    assert "looked for the opposite direction" in drop and "not significant" not in drop
+    up = change_sentence("x", 0.1, 0.2, p=0.01, test="Welch t-test", alternative="greater")
+    assert up.startswith("X rose significantly") and "one-sided (tuned > base)" in up
     close = change_sentence("x", 0.4131310, 0.4131311)
     base, tuned = re.findall(r"from ([\d.]+) \(base\) to ([\d.]+)", close)[0]
     assert base != tuned and float(base) == pytest.approx(0.413131, abs=1e-6)
