@@ -325,7 +325,8 @@ def change_sentence(
         verb = "did not change:"
     else:
         d = "rose" if t > b else "fell"
-        verb = d if not tested else (f"{d} significantly" if sig else f"{d}, not significantly,")
+        verb = d if not tested or against else (
+            f"{d} significantly" if sig else f"{d}, not significantly,")
     extra = [f"difference {t - b:+{fmt}}{unit}"] if finite else []
     if ci is not None and len(ci) == 2 and all(math.isfinite(float(c)) for c in ci):
         extra.append(f"95% CI [{float(ci[0]):{fmt}}, {float(ci[1]):{fmt}}]")
