@@ -26,6 +26,7 @@ from torch import Tensor
 
 from shiftlens.errors import ShiftlensError
 from shiftlens.prompts import SEGMENTS, InstructionPrompt, TokenizedPrompt
+from shiftlens.tokens import token_strings  # noqa: F401 - the one helper, re-exported
 from shiftlens.viz.html import Visualization
 
 __all__ = ["attention_patterns", "token_strings", "token_rows", "importance_tokens", "concept_table"]
@@ -37,34 +38,6 @@ _SEGMENT_NOTE = (
     '<span class="sl-tok sl-seg-template">template</span> '
     '<span class="sl-tok sl-seg-response">BOS / response</span></div>'
 )
-
-
-def token_strings(tokenizer: Any, ids: Sequence[int] | Tensor) -> list[str]:
-    """The text each token adds, for display (word-initial spaces kept, also for Metaspace).
-
-    Decoding tokens one at a time drops the leading space of sentencepiece-style tokens
-    ("▁cat" -> "cat"), so each token's string is the growth of the decoded prefix; where that
-    is not a clean extension (byte fragments of one character) the token is decoded alone.
-
-    Example:
-        >>> token_strings(pair.tokenizer, pair.tokenize(prompt).tokens)  # doctest: +SKIP
-        ['<bos>', 'Sort', ' the', ' words']
-    """
-    ids = [int(i) for i in (ids.tolist() if isinstance(ids, Tensor) else ids)]
-
-    def dec(x: list[int]) -> str:
-        return tokenizer.decode(x, clean_up_tokenization_spaces=False)
-
-    out = []
-    prev = ""
-    for k in range(len(ids)):
-        cur = dec(ids[: k + 1])
-        if cur.startswith(prev) and len(cur) > len(prev) and "\ufffd" not in cur[len(prev):]:
-            out.append(cur[len(prev):])
-        else:
-            out.append(dec([ids[k]]) or str(tokenizer.convert_ids_to_tokens(ids[k])))
-        prev = cur
-    return out
 
 
 def _segments_html(tokens: Sequence[str], segments: Sequence[int]) -> str:
