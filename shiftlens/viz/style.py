@@ -30,6 +30,7 @@ __all__ = [
     "label_models",
     "save_figure",
     "figure_html",
+    "layout_problems",
 ]
 
 #: Colours of the two models in every figure.
@@ -182,3 +183,45 @@ def figure_html(fig: Any, fmt: str = "png", *, alt: str = "", dpi: int = 110) ->
         svg = svg[svg.index("<svg"):]  # drop the XML prolog and doctype
         return re.sub(r"<svg ", '<svg style="max-width:100%;height:auto" ', svg, count=1)
     raise ShiftlensError(f"figure_html: format must be 'png' or 'svg', got {fmt!r}")
+
+
+def layout_problems(fig: Any, *, min_font_pt: float = MIN_FONT_PT) -> list[str]:
+    """What makes a figure hard to read: text outside the figure, text that is too small.
+
+    Draws the figure and checks every visible text artist (titles, labels, tick labels, legend
+    entries, annotations, colorbar labels): its bounding box must lie inside the figure's
+    bounding box (so nothing is cut off when saved without ``bbox_inches="tight"``, e.g. a legend
+    pushed outside), and its font must be at least ``min_font_pt`` points at the rendered size.
+
+    Args:
+        fig: A matplotlib Figure.
+        min_font_pt: Smallest acceptable font size in points.
+
+    Returns:
+        One sentence per problem (empty when the figure is fine).
+
+    Example:
+        >>> fig, axes = new_figure(); _ = axes[0, 0].set_title("ok")
+        >>> layout_problems(fig)
+        []
+    """
+    from matplotlib.text import Text
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+    tol = 1.0  # pixels
+    out = []
+    for t in fig.findobj(Text):
+        if not t.get_visible() or not t.get_text().strip():
+            continue
+        if t.get_fontsize() < min_font_pt - 1e-6:
+            out.append(f"text {t.get_text()[:30]!r} is {t.get_fontsize():g} pt (< {min_font_pt:g})")
+        bb = t.get_window_extent(renderer)
+        if (bb.x0 < box.x0 - tol or bb.y0 < box.y0 - tol or bb.x1 > box.x1 + tol
+                or bb.y1 > box.y1 + tol):
+            out.append(f"text {t.get_text()[:30]!r} falls outside the figure "
+                       f"({bb.x0:.0f},{bb.y0:.0f})-({bb.x1:.0f},{bb.y1:.0f}) vs "
+                       f"({box.x0:.0f},{box.y0:.0f})-({box.x1:.0f},{box.y1:.0f})")
+    return out
+
