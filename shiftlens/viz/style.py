@@ -100,9 +100,11 @@ def integer_ticks(ax: Any, axis: str = "x") -> None:
 
 
 def label_models(fig: Any, names: Mapping[str, str] | None) -> Any:
-    """Write "base: ... | tuned: ..." under a figure (once), so every figure names its models.
+    """Write "base: ... | tuned: ..." at the foot of a figure (once), inside the figure.
 
-    Single-model names (``{"model": name}``) are written as ``model: name``.
+    Room is made at the bottom (the axes are laid out again above the line), so the label never
+    falls outside the figure or over an axis label. Single-model names (``{"model": name}``) are
+    written as ``model: name``.
 
     Example:
         >>> fig = label_models(pyplot().figure(), {"base": "a", "tuned": "b"})
@@ -115,9 +117,35 @@ def label_models(fig: Any, names: Mapping[str, str] | None) -> Any:
         text = "   |   ".join(f"{k}: {v}" for k, v in names.items())
     if getattr(fig, "_shiftlens_models", None) == text:
         return fig
-    fig.text(0.5, 0.0, text, ha="center", va="top", fontsize=MIN_FONT_PT, color="0.35")
+    import warnings
+
+    label = fig.text(0.5, 0.004, text, ha="center", va="bottom", fontsize=MIN_FONT_PT,
+                     color="0.35")
     fig._shiftlens_models = text
+    try:
+        fig.canvas.draw()
+        h = label.get_window_extent().height / max(fig.bbox.height, 1.0)
+        # long names: shrink to the figure width rather than overflow it
+        w = label.get_window_extent().width / max(fig.bbox.width, 1.0)
+        if w > 0.98:
+            label.set_text(_shorten(text, int(len(text) * 0.97 / w)))
+        engine = fig.get_layout_engine() if hasattr(fig, "get_layout_engine") else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            if engine is not None and type(engine).__name__ == "ConstrainedLayoutEngine":
+                engine.set(rect=(0, h + 0.01, 1, 1 - h - 0.01))
+            else:
+                fig.tight_layout(rect=(0, h + 0.01, 1, 1))
+    except Exception:  # noqa: BLE001 - layout is cosmetic; the label is there either way
+        pass
     return fig
+
+
+def _shorten(text: str, n: int) -> str:
+    if len(text) <= n or n < 8:
+        return text
+    keep = max(4, (n - 1) // 2)
+    return text[:keep] + "…" + text[-keep:]
 
 
 def _metadata(fmt: str) -> dict[str, Any] | None:
@@ -212,8 +240,26 @@ def layout_problems(fig: Any, *, min_font_pt: float = MIN_FONT_PT) -> list[str]:
     box = fig.bbox
     tol = 1.0  # pixels
     out = []
+    tb = fig.get_tightbbox(renderer)  # inches, drawn artists only
+    if tb is not None:
+        tight = tb.transformed(fig.dpi_scale_trans)
+        if (tight.x0 < box.x0 - tol or tight.y0 < box.y0 - tol or tight.x1 > box.x1 + tol
+                or tight.y1 > box.y1 + tol):
+            out.append("the figure's drawn content extends beyond the figure "
+                       f"({tight.x0:.0f},{tight.y0:.0f})-({tight.x1:.0f},{tight.y1:.0f}) vs "
+                       f"({box.x0:.0f},{box.y0:.0f})-({box.x1:.0f},{box.y1:.0f})")
+    # tick labels matplotlib does not draw (ticks outside the view limits) are not text
+    all_ticks, drawn = set(), set()
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                all_ticks.update((id(tick.label1), id(tick.label2)))
+            for tick in axis._update_ticks():
+                drawn.update((id(tick.label1), id(tick.label2)))
     for t in fig.findobj(Text):
         if not t.get_visible() or not t.get_text().strip():
+            continue
+        if id(t) in all_ticks and id(t) not in drawn:
             continue
         if t.get_fontsize() < min_font_pt - 1e-6:
             out.append(f"text {t.get_text()[:30]!r} is {t.get_fontsize():g} pt (< {min_font_pt:g})")
@@ -224,4 +270,3 @@ def layout_problems(fig: Any, *, min_font_pt: float = MIN_FONT_PT) -> list[str]:
                        f"({bb.x0:.0f},{bb.y0:.0f})-({bb.x1:.0f},{bb.y1:.0f}) vs "
                        f"({box.x0:.0f},{box.y0:.0f})-({box.x1:.0f},{box.y1:.0f})")
     return out
-
