@@ -216,9 +216,10 @@ class RunStore:
     RECORDS = "records"
     SESSIONS = "sessions"
 
-    def __init__(self, path: str | Path, info: dict[str, Any]) -> None:
+    def __init__(self, path: str | Path, info: dict[str, Any], *, exists: bool = True) -> None:
         self.path = Path(path)
         self.info = info
+        self.exists = exists  # False until the first plan is published (RunStore.prepare)
         self._plan: tuple[str, Any, list[Any], dict[str, Any]] | None = None
 
     def __repr__(self) -> str:
@@ -252,7 +253,11 @@ class RunStore:
 
     @classmethod
     def prepare(cls, path: str | Path, info: Mapping[str, Any], *, join: bool) -> RunStore:
-        """Create a run directory for ``info``, or join the one there if it has this identity.
+        """Join the run in ``path`` if it has this identity, or prepare a new one.
+
+        A new run's ``run.json`` is written only when its first plan is published
+        (:meth:`publish_plan`), so parameters that the lens refuses while planning leave no run
+        directory behind to refuse the corrected command.
 
         Args:
             path: The run directory.
@@ -276,17 +281,27 @@ class RunStore:
                 p for p in d.iterdir() if not p.name.startswith(".")):
             raise ShiftlensError(f"{str(d)!r} exists, is not empty and is not a shiftlens run "
                                  "directory; choose a new or empty directory")
-        data = json.dumps(dict(info), indent=1, ensure_ascii=False, allow_nan=False).encode()
-        try:
-            created = _create_once(d / cls.RUN, data)
-        except OSError as e:
-            raise ShiftlensError(f"cannot create the run directory {str(d)!r}: "
-                                 f"{e.strerror or e}") from e
+        if not (d / cls.RUN).exists():
+            return cls(d, dict(info), exists=False)
         store = cls.open(d)
-        if created:
-            return store
         store.check_identity(info, join=join)
         return store
+
+    def _ensure_exists(self) -> None:
+        """Write ``run.json`` (once: a concurrent shard may have written it first)."""
+        if self.exists:
+            return
+        data = json.dumps(self.info, indent=1, ensure_ascii=False, allow_nan=False).encode()
+        try:
+            created = _create_once(self.path / self.RUN, data)
+        except OSError as e:
+            raise ShiftlensError(f"cannot create the run directory {str(self.path)!r}: "
+                                 f"{e.strerror or e}") from e
+        if not created:  # a concurrent session created it: it must be this run
+            other = RunStore.open(self.path)
+            other.check_identity(self.info, join=True)
+            self.info = other.info
+        self.exists = True
 
     def check_identity(self, info: Mapping[str, Any], *, join: bool = True) -> None:
         """Refuse ``info`` unless it is this run's identity; warn on environment changes.
@@ -405,6 +420,7 @@ class RunStore:
             >>> digest, plan, prompts, header = store.publish_plan(data)  # doctest: +SKIP
         """
         fresh = self._decode_plan(data, "the new plan")
+        self._ensure_exists()
         f = self.path / self.PLAN
         if not _create_once(f, data):
             try:
@@ -538,6 +554,7 @@ class _Session:
     def __init__(self, store: RunStore, fields: dict[str, Any]) -> None:
         from shiftlens.generate import installed_versions
 
+        self.store = store
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         host = socket.gethostname()
         self.path = store.path / RunStore.SESSIONS / f"{stamp}-{host}-{os.getpid()}.json"
@@ -548,6 +565,8 @@ class _Session:
                                     **fields}
 
     def _write(self) -> None:
+        if not (self.store.path / RunStore.RUN).exists():  # nothing planned: no run to log
+            return
         with contextlib.suppress(ShiftlensError):  # the log must never fail a run
             atomic_write_text(self.path, json.dumps(self.doc, indent=1, default=str))
 
