@@ -3,7 +3,9 @@
 Known truths used here: hand-computed sparsification/density values, an independent brute-force
 attribution (the Hugging Face model called directly with ``inputs_embeds``, full-vocabulary
 softmax at every position, one backward per response token), an independent argmax generation
-loop, scipy's Welch test, and a planted zero embedding row (its attributions must vanish).
+loop and scipy's Welch test, on tiny random models. The planted edit (a zero embedding row) is
+in tests/planted/test_attribution_planted.py, the toy pair's known shift in
+tests/toy/test_attribution_toy.py.
 """
 
 from __future__ import annotations
@@ -263,29 +265,6 @@ def test_auto_mode_choice_and_chunk_independence(bridges):
     torch.testing.assert_close(c1.matrix, c9.matrix)
     torch.testing.assert_close(c1.matrix, r1.matrix, rtol=1e-4,
                                atol=1e-5 * float(c1.matrix.abs().max()))
-
-
-def test_planted_zero_embedding_row(tiny_dirs, tmp_path):
-    """Zero one token's embedding row in a copy: e_n = 0, so its attribution row is exactly 0
-    (positional embeddings are excluded from e_n), and the other rows are not all zero."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    src = tiny_dirs("gpt2")[0]
-    hf = AutoModelForCausalLM.from_pretrained(src)
-    tok = AutoTokenizer.from_pretrained(src)
-    target = tok(" red", add_special_tokens=False)["input_ids"][0]
-    with torch.no_grad():
-        hf.get_input_embeddings().weight[target] = 0
-    hf.save_pretrained(tmp_path / "m")
-    tok.save_pretrained(tmp_path / "m")
-    model = load_bridge(tmp_path / "m")
-    att = A.attribute(model, PROMPT, " cat dog red", mode="reverse")
-    hit = att.input_tokens == target
-    assert hit.sum() == 1
-    assert torch.all(att.matrix[hit] == 0)
-    assert att.matrix[~hit].abs().sum() > 0
-    att_f = A.attribute(model, PROMPT, " cat dog red", mode="forward")
-    assert torch.all(att_f.matrix[hit] == 0)
 
 
 # ====================================================================== generation
@@ -550,26 +529,3 @@ def test_position_sensitivity_fixed_responses(tiny_dirs, tmp_path):
     import matplotlib.pyplot as plt
 
     plt.close(pr.show())
-
-
-# ====================================================================== toy pair (known shift)
-def test_toy_pair_tuned_reads_instruction_more():
-    """On the embedded pair, attributed on the same (reference) responses, the tuned model's
-    instruction score is higher than the base model's: one-sided Welch p < 0.01 over held-out
-    prompts (70, balanced over the 7 tasks). See docs/attribution.md for the numbers, and for
-    why the paper's own-response protocol does not show it on this toy pair."""
-    zoo = pytest.importorskip("shiftlens.zoo")
-    try:
-        pair = zoo.toy_pair()
-    except (ShiftlensError, FileNotFoundError, OSError) as e:
-        pytest.skip(f"embedded toy pair not available: {e}")
-    prompts = zoo.toy_prompts(70)
-    res = A.instruction_sensitivity(pair, prompts, response="reference", progress=False)
-    df = res.to_frame()
-    assert (df["base_response"] == df["tuned_response"]).all()
-    t, b = df["tuned_score"].to_numpy(float), df["base_score"].to_numpy(float)
-    assert np.isfinite(t).all() and np.isfinite(b).all()
-    ref = st.ttest_ind(t, b, equal_var=False, alternative="greater")
-    s = res.summary()["overall"]
-    assert s["pvalue"] == pytest.approx(ref.pvalue)
-    assert t.mean() > b.mean() and ref.pvalue < 0.01, res.summary()["sentence"]

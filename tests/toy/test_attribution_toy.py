@@ -1,0 +1,33 @@
+"""Lens 1 (attribution) on the embedded toy pair, where the shift is known: given the same
+(reference) responses, the tuned model's instruction score is higher than the base model's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats as st
+
+from shiftlens import ShiftlensError
+from shiftlens import attribution as A
+
+
+def test_toy_pair_tuned_reads_instruction_more():
+    """On the embedded pair, attributed on the same (reference) responses, the tuned model's
+    instruction score is higher than the base model's: one-sided Welch p < 0.01 over held-out
+    prompts (70, balanced over the 7 tasks). See docs/attribution.md for the numbers, and for
+    why the paper's own-response protocol does not show it on this toy pair."""
+    zoo = pytest.importorskip("shiftlens.zoo")
+    try:
+        pair = zoo.toy_pair()
+    except (ShiftlensError, FileNotFoundError, OSError) as e:
+        pytest.skip(f"embedded toy pair not available: {e}")
+    prompts = zoo.toy_prompts(70)
+    res = A.instruction_sensitivity(pair, prompts, response="reference", progress=False)
+    df = res.to_frame()
+    assert (df["base_response"] == df["tuned_response"]).all()
+    t, b = df["tuned_score"].to_numpy(float), df["base_score"].to_numpy(float)
+    assert np.isfinite(t).all() and np.isfinite(b).all()
+    ref = st.ttest_ind(t, b, equal_var=False, alternative="greater")
+    s = res.summary()["overall"]
+    assert s["pvalue"] == pytest.approx(ref.pvalue)
+    assert t.mean() > b.mean() and ref.pvalue < 0.01, res.summary()["sentence"]
