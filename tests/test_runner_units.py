@@ -224,13 +224,14 @@ def test_payload_round_trip_and_damage():
 
     value = {"t": torch.arange(6, dtype=torch.float32).reshape(2, 3)[1], "b": torch.ones(2) > 0,
              "bf": torch.ones(3, dtype=torch.bfloat16), "nan": float("nan"), "tup": (1, "a"),
-             "keys": {(0, "base"): 1.5}, "none": None, "s": "x"}
+             "keys": {(0, "base"): 1.5}, "none": None, "s": "x", "order": {"z": 1, "a": 2}}
     data = encode_payload(value, {"format": "demo", "n": 1})
     header, got = decode_payload(data)
     assert header == {"format": "demo", "n": 1}
     assert torch.equal(got["t"], value["t"]) and got["b"].dtype == torch.bool
     assert got["bf"].dtype == torch.bfloat16 and got["nan"] != got["nan"]
     assert got["tup"] == (1, "a") and got["keys"] == {(0, "base"): 1.5} and got["none"] is None
+    assert list(got) == list(value) and list(got["order"]) == ["z", "a"]  # key order kept
     with pytest.raises(ShiftlensError, match="truncated"):
         decode_payload(data[: len(data) // 2])
     flipped = bytearray(data)

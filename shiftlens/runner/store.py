@@ -63,12 +63,18 @@ IDENTITY_FIELDS = ("units_name", "roles", "params", "prompts", "models", "load")
 
 # ============================================================================ encoding
 def _canonical(obj: Any) -> str:
+    """Key-order independent JSON (for fingerprints of content)."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False)
 
 
+def _dumps(obj: Any) -> str:
+    """Compact JSON keeping dict key order (a record's dicts come back in the same order)."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def _digest(doc: Any, tensors: Mapping[str, torch.Tensor]) -> str:
-    h = hashlib.sha256(_canonical(doc).encode("utf-8"))
+    h = hashlib.sha256(_dumps(doc).encode("utf-8"))
     for key in sorted(tensors):
         t = tensors[key].detach().cpu().contiguous()
         h.update(f"\0{key}\0{t.dtype}\0{list(t.shape)}\0".encode())
@@ -101,7 +107,7 @@ def encode_payload(value: Any, header: Mapping[str, Any]) -> bytes:
     tensors = {k: t.detach().cpu().contiguous().clone() for k, t in w.tensors.items()}
     doc = {**header, "value": enc}
     doc["sha256"] = _digest(doc, tensors)
-    return _st_save(tensors, metadata={_META_KEY: _canonical(doc)})
+    return _st_save(tensors, metadata={_META_KEY: _dumps(doc)})
 
 
 def decode_payload(data: bytes, where: str = "payload") -> tuple[dict[str, Any], Any]:

@@ -204,6 +204,11 @@ def resolve_units(lens: Any) -> tuple[Any, str | None]:
             obj = resolve_ref(lens)
         except (ImportError, AttributeError) as e:
             raise ShiftlensError(f"cannot import lens units {lens!r}: {e}") from e
+        if isinstance(obj, Mapping):
+            raise ShiftlensError(f"{lens!r} holds the units of several functions "
+                                 f"({', '.join(map(str, obj))}); name one of them (module:OBJECT "
+                                 "of that function's units, or LENS.FUNCTION of a registered "
+                                 "lens)")
         return _check_units(obj, repr(lens)), lens
     name, _, function = lens.partition(".")
     spec = get_lens(name)
