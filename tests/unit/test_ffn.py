@@ -1,13 +1,13 @@
 """Lens 3 (feed-forward concepts): PCA of W_out, concept words, annotators, concept shift, rotation.
 
 Truth comes from independent computations (scikit-learn PCA, scipy subspace angles, per-word
-loops over the Hugging Face weights), planted weight edits (a rank-1 term along one word's
-unembedding direction) and identical models.
+loops over the Hugging Face weights) and identical models, on tiny random models. The planted
+weight edits are in tests/planted/test_ffn_planted.py, the embedded pair in
+tests/toy/test_ffn_toy.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 
 import numpy as np
@@ -16,12 +16,8 @@ import torch
 
 from shiftlens import ModelPair, ShiftlensError, ShiftlensWarning, ffn
 from shiftlens.io import to_jsonable
-from shiftlens.testing import perturbed_copy, tiny_model_dir
 from shiftlens.vocab import default_vocab
 from shiftlens.weights import WordVocab, mlp_out
-
-PLANT_CANDIDATES = ("story", "write", "words", "list", "question", "answer", "summary", "name")
-
 
 # ------------------------------------------------------------------------------ fixtures
 
@@ -38,24 +34,6 @@ def vocab2(pair2):
     return default_vocab(pair2.tokenizer, 2000)
 
 
-@pytest.fixture(scope="module")
-def pair4(tmp_path_factory):
-    """A 4-layer tiny Llama; tuned = base + 5% noise. Tests that edit it restore the weights."""
-    root = tmp_path_factory.mktemp("ffn4")
-    base = tiny_model_dir("llama", root / "base", seed=3, n_layers=4)
-    tuned = perturbed_copy(base, root / "tuned", scale=0.05, seed=4)
-    return ModelPair.from_pretrained(base, tuned)
-
-
-@pytest.fixture(scope="module")
-def vocab4(pair4):
-    return default_vocab(pair4.tokenizer, 2000)
-
-
-def _down_proj(model, layer):
-    return model.original_model.model.layers[layer].mlp.down_proj.weight  # [d_model, d_mlp]
-
-
 def _folded_word_vector(model, vocab, word):
     """Independent: gamma_final * lm_head rows, averaged over the word's tokens, unit length."""
     hf = model.original_model
@@ -63,33 +41,6 @@ def _folded_word_vector(model, vocab, word):
     rows = hf.lm_head.weight.detach().float()[vocab.token_ids[vocab.words.index(word)]]
     v = (rows * gamma).mean(0)
     return v / v.norm()
-
-
-@contextlib.contextmanager
-def planted(model, layer, direction, strength=10.0, seed=0):
-    """Add ``a u^T`` (a: random centred neuron weights) to W_out of ``layer``; restore after."""
-    w = _down_proj(model, layer)
-    saved = w.detach().clone()
-    g = torch.Generator().manual_seed(seed)
-    a = torch.randn(w.shape[1], generator=g)
-    a = a - a.mean()
-    W = w.detach().T.float()
-    spec = torch.linalg.matrix_norm(W - W.mean(0), ord=2)
-    a = a / a.norm() * strength * spec
-    with torch.no_grad():
-        w.add_(torch.outer(direction.to(w.dtype), a.to(w.dtype)))
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            w.copy_(saved)
-
-
-def _pick_word(vocab):
-    for w in PLANT_CANDIDATES:
-        if w in vocab.words:
-            return w
-    return vocab.words[10]
 
 
 # ------------------------------------------------------------------------------ PCA
@@ -199,27 +150,6 @@ def test_concept_words_match_per_word_loop(pair2, vocab2):
     df = cw.to_frame()
     assert len(df) == k and df["words"][0].split("|") == cw.words[0]
     assert (cw.scores < 0).any() and (cw.scores > 0).any()  # the sign is kept
-
-
-def test_planted_word_tops_first_component_and_layer_is_most_rotated(pair4, vocab4):
-    layer = 2
-    word = _pick_word(vocab4)
-    u = _folded_word_vector(pair4.tuned, vocab4, word)
-    with planted(pair4.tuned, layer, u):
-        cw = ffn.concept_words(pair4.tuned, layer, k=4, top_words=5, vocab=vocab4)
-        rot = ffn.rotation(pair4, k=8, vocab=vocab4, progress=False)
-    assert cw.words[0][0] == word
-    assert abs(float(cw.scores[0, 0])) > 0.98
-    df = rot.to_frame()
-    assert int(df.loc[df["overlap"].idxmin(), "layer"]) == layer
-    assert int(df.loc[df["var_retained"].idxmin(), "layer"]) == layer
-    assert int(df.loc[df["max_angle_deg"].idxmax(), "layer"]) == layer
-    assert rot.summary()["most_rotated_layer"] == layer
-    new = rot.moved.query("layer == @layer and side == 'tuned'").iloc[0]
-    assert new["component"] == 0 and new["words_after"].split("|")[0] == word
-    assert new["inside_other"] < 0.6
-    # without the edit the planted word does not top that component
-    assert ffn.concept_words(pair4.tuned, layer, k=1, top_words=1, vocab=vocab4).words[0][0] != word
 
 
 def test_identical_models_zero_angles_overlap_one(pair2, vocab2):
@@ -428,29 +358,6 @@ def test_concept_shift_seeds_statistics_match_independent_computation(pair2, voc
     assert "User-oriented concepts" in summ["sentence"]
 
 
-def test_concept_shift_planted_concept_raises_the_tuned_share(pair4, vocab4):
-    word = _pick_word(vocab4)
-
-    class PlantSpotter:
-        seeds = (0,)
-
-        def annotate(self, words, *, seed=0):
-            hit = word in words[:3]
-            return ffn.Annotation("coding" if hit else "none", "semantics")
-
-    u = _folded_word_vector(pair4.tuned, vocab4, word)
-    with planted(pair4.tuned, 1, u):
-        res = ffn.concept_shift(pair4, PlantSpotter(), k=8, top_words=10, vocab=vocab4,
-                                progress=False)
-    df = res.to_frame()
-    hits = df[df["task"] == "coding"]
-    assert ((hits["model"] == "tuned") & (hits["layer"] == 1) & (hits["component"] == 0)).any()
-    s = res.summary()
-    assert s["task"]["coding"]["tuned_mean"] > s["task"]["coding"]["base_mean"]
-    assert s["task"]["coding"]["unit"] == "components"
-    assert s["by_group"]["lower"]["coding"]["diff"] > 0  # layer 1 of 4 is in the lower group
-
-
 def test_concept_shift_default_lexicon_and_round_trip(pair2, vocab2, tmp_path):
     res = ffn.concept_shift(pair2, layers=[1], k=6, top_words=15, vocab=vocab2, progress=False)
     assert res.params["annotator"] == "lexicon" and res.params["seeds"] == [0]
@@ -552,50 +459,3 @@ def test_rotation_with_full_rank_k_warns(pair2, vocab2):
     with pytest.warns(ShiftlensWarning, match="whole"):
         rot = ffn.rotation(pair2, 32, layers=[0], vocab=vocab2, progress=False)
     assert torch.all(rot.angles.abs() < 1e-6)
-
-
-# ------------------------------------------------------------------------------ toy pair
-
-
-@pytest.fixture(scope="module")
-def toy():
-    """The embedded toy pair and a vocabulary of its grammar's words (skip when not built)."""
-    zoo = pytest.importorskip("shiftlens.zoo")
-    try:
-        zoo.pair_dirs()
-    except ShiftlensError:
-        pytest.skip("the embedded toy pair is not built yet (shiftlens/zoo/pair)")
-    from shiftlens.zoo import grammar
-
-    pair = zoo.toy_pair()
-    words = [w for ws in (grammar.ADJECTIVES, grammar.INPUT_WORDS, grammar.NUMBER_WORDS,
-                          tuple(grammar.TRANSLATION.values()), grammar.PRONOUNS) for w in ws]
-    return pair, default_vocab(pair.tokenizer, words=words), grammar
-
-
-@pytest.mark.slow
-def test_toy_pair_rotation_and_concept_words(toy):
-    pair, vocab, _ = toy
-    rot = ffn.rotation(pair, vocab=vocab, progress=False)
-    df = rot.to_frame()
-    assert len(df) == pair.cfg.n_layers
-    assert (df["overlap"] < 1 - 1e-6).any()  # tuning changed W_out
-    # the tuned top-k subspace captures the most tuned variance of any k-dim subspace (Ky Fan)
-    assert (df["tuned_var_by_base"] <= df["tuned_var_by_tuned"] + 1e-9).all()
-    cw = ffn.concept_words(pair.tuned, pair.cfg.n_layers - 1, k=4, top_words=8, vocab=vocab)
-    assert all(len(ws) == 8 and set(ws) <= set(vocab.words) for ws in cw.words)
-
-
-@pytest.mark.slow
-def test_toy_pair_concepts_rotate_toward_its_translation_task(toy):
-    """Known shift: the toy was tuned to translate into made-up 'zorbish' words. With those
-    words as the translation lexicon, tuned W_out components carry translation concepts more
-    often than base ones."""
-    pair, vocab, grammar = toy
-    tasks = {"tasks": {"translation": {"words": [*grammar.TRANSLATION.values()]}}}
-    lex = ffn.load_lexicons(tasks=tasks)
-    res = ffn.concept_shift(pair, ffn.LexiconAnnotator(lexicons=lex), k=16, top_words=15,
-                            vocab=vocab, progress=False)
-    tr = res.summary()["task"]["translation"]
-    assert tr["tuned_mean"] > tr["base_mean"] + 0.1
-    assert tr["p"] < 0.05
