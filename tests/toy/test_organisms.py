@@ -354,7 +354,7 @@ def test_training_recipe_reproduces_the_change(tmp_path):
 
 
 def test_doctests():
-    """shiftlens.zoo.organisms' examples (grammar's and train's run in tests/test_zoo.py)."""
+    """shiftlens.zoo.organisms' examples (grammar's and train's run in tests/toy/test_zoo.py)."""
     import doctest
 
     import shiftlens.zoo.organisms as mod
