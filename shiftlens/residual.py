@@ -21,7 +21,7 @@ Example:
 
 from __future__ import annotations
 
-from shiftlens.lenses.residual.compare import check_pair, output_shift, patching, similarity
+from shiftlens.lenses.residual.compare import check_pair, output_shift, similarity
 from shiftlens.lenses.residual.core import (
     COMPONENTS,
     DIRECTIONS,
@@ -36,6 +36,7 @@ from shiftlens.lenses.residual.core import (
     response_logprob,
 )
 from shiftlens.lenses.residual.deprecated import check_pair_compatible, greedy_response
+from shiftlens.lenses.residual.patching import patching
 from shiftlens.lenses.residual.results import OutputShiftResult, PatchingResult, SimilarityResult
 
 __all__ = [

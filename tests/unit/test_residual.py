@@ -1,16 +1,15 @@
 """Tests for the residual lens (shiftlens.residual = shiftlens.lenses.residual): similarity, logit lens / KL, cross-model patching.
 
 Truths used: the models' own forward logits (logit lens at the last layer), numpy
-re-implementations (cosine, HSIC-form CKA, KL), Hugging Face modules called directly, and
-planted pairs whose tuned model differs from the base only in known parameters (embeddings
-only, one layer's attention only, everything but the final norm and unembedding), for which
-the patching recovery is exactly 0 or 1 by construction.
+re-implementations (cosine, HSIC-form CKA, KL) and Hugging Face modules called directly, on tiny
+random pairs (unit tier). The planted pairs (a tuned model differing from the base only in known
+parameters) are in tests/planted/test_residual_planted.py, the embedded pair in
+tests/toy/test_residual_toy.py.
 """
 
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -52,24 +51,6 @@ def _one_thread():
 
 
 # ---------------------------------------------------------------------------- helpers
-def planted_copy(src: Path, dst: Path, select, scale: float = 0.3, seed: int = 3) -> Path:
-    """Copy a HF model dir adding noise only to parameters whose name satisfies ``select``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(src)
-    g = torch.Generator().manual_seed(seed)
-    touched = []
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if select(name):
-                p.add_(scale * p.std().clamp(min=1e-2) * torch.randn(p.shape, generator=g))
-                touched.append(name)
-    assert touched, "the planted edit selected no parameter"
-    model.save_pretrained(dst)
-    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
-    return dst
-
-
 def np_cka(x: np.ndarray, y: np.ndarray) -> float:
     """Linear CKA through HSIC with an explicit centring matrix (Kornblith et al. 2019)."""
     n = x.shape[0]
@@ -89,29 +70,6 @@ def np_logprob(logits: torch.Tensor) -> np.ndarray:
 def llama(tiny_dirs) -> ModelPair:
     """A module-wide tiny Llama pair (tuned = base + 5% noise); tests must not mutate it."""
     return ModelPair.from_pretrained(*tiny_dirs("llama"))
-
-
-@pytest.fixture(scope="module")
-def planted(tiny_dirs, tmp_path_factory):
-    """``planted(kind) -> ModelPair`` with a tuned model differing from the base only in:
-    ``embed`` the token embeddings; ``attn1`` layer 1's attention; ``blocks`` everything but
-    the final norm and the unembedding."""
-    base, _ = tiny_dirs("llama")
-    root = tmp_path_factory.mktemp("planted")
-    selects = {
-        "embed": lambda n: n.startswith("model.embed_tokens"),
-        "attn1": lambda n: n.startswith("model.layers.1.self_attn."),
-        "blocks": lambda n: not (n.startswith("model.norm") or n.startswith("lm_head")),
-    }
-    built: dict[str, ModelPair] = {}
-
-    def get(kind: str) -> ModelPair:
-        if kind not in built:
-            tuned = planted_copy(base, root / kind, selects[kind])
-            built[kind] = ModelPair.from_pretrained(base, tuned)
-        return built[kind]
-
-    return get
 
 
 def ref_prompts(n: int) -> list[InstructionPrompt]:
@@ -348,60 +306,7 @@ def test_output_shift_errors(llama):
         output_shift(llama, ref_prompts(1), chunk_rows=0, progress=False)
 
 
-# ---------------------------------------------------------------------------- patching: truths
-def test_final_residual_patch_recovers_everything_when_heads_match(planted):
-    """Tuned differs everywhere but the final norm + unembedding: patching the last
-    resid_post at every position reproduces the source model's logits: 100%, both ways."""
-    p = planted("blocks")
-    L = p.cfg.n_layers
-    prompts = ref_prompts(3)
-    res = patching(p, prompts, components=["resid_post"], layers=[L - 1], response="reference",
-                   batch_size=2, progress=False)
-    f = res.to_frame()
-    assert res.prompts.gap.abs().min() > 0.05
-    np.testing.assert_allclose(f.recovery, 1.0, atol=1e-5)
-    np.testing.assert_allclose(res.to_frame(aggregate=True).recovery, 1.0, atol=1e-5)
-    # only the positions that predict the response matter at the last layer
-    pr = prompts[0]
-    tp = p.tokenize(pr, response=pr.reference)
-    idx = list(range(tp.n_prompt - 1, len(tp.tokens) - 1))
-    r2 = patching(p, [pr], components=["resid_post"], layers=[L - 1], positions=idx,
-                  response="reference", progress=False)
-    np.testing.assert_allclose(r2.to_frame().recovery, 1.0, atol=1e-5)
-    early = list(range(tp.n_prompt - 1))  # positions that predict no response token
-    r3 = patching(p, [pr], components=["resid_post"], layers=[L - 1], positions=early,
-                  response="reference", progress=False)
-    assert (r3.to_frame().recovery == 0).all()
-    assert (r3.to_frame().n_patched == tp.n_prompt - 1).all()
-
-
-def test_embedding_only_difference_is_recovered_by_resid_pre_0(planted):
-    p = planted("embed")
-    res = patching(p, ref_prompts(2), components=["resid_pre", "resid_post"],
-                   response="reference", progress=False)
-    f = res.to_frame()
-    assert res.prompts.gap.abs().min() > 0.05
-    # every full residual patch carries the whole difference (nothing else differs)
-    np.testing.assert_allclose(f.recovery, 1.0, atol=1e-5)
-
-
-def test_planted_attention_edit_is_located(planted):
-    p = planted("attn1")
-    res = patching(p, ref_prompts(2), components=["resid_pre", "attn_out", "mlp_out", "resid_post"],
-                   response="reference", progress=False)
-    t = res.to_frame(aggregate=True).set_index(["direction", "component", "layer"])
-    assert res.prompts.gap.abs().min() > 1e-3
-    for d in ("tuned->base", "base->tuned"):
-        assert t.loc[(d, "attn_out", 1), "recovery"] == pytest.approx(1.0, abs=1e-5)
-        assert t.loc[(d, "resid_post", 1), "recovery"] == pytest.approx(1.0, abs=1e-5)
-        for comp, layer in [("resid_pre", 0), ("resid_pre", 1), ("attn_out", 0), ("mlp_out", 0),
-                            ("resid_post", 0)]:
-            assert t.loc[(d, comp, layer), "recovery"] == 0.0  # identical activations
-    s = res.summary()
-    assert s["best"]["tuned->base"]["attn_out"]["layer"] == 1
-    assert "attn_out of layer 1" in s["sentence"]
-
-
+# ---------------------------------------------------------------------------- patching: identities
 def test_resid_post_l_equals_resid_pre_next_and_batching(llama):
     prompts = ref_prompts(3)
     kw = dict(components=["resid_pre", "resid_post"], response="reference", progress=False,
@@ -550,34 +455,3 @@ def test_results_round_trip(llama, tmp_path):
     assert OutputShiftResult.load(tmp_path / "OutputShiftResult").top_tokens.equals(kl.top_tokens)
     with pytest.raises(ShiftlensError, match="not a 'PatchingResult'"):
         PatchingResult.load(tmp_path / "SimilarityResult")
-
-
-# ---------------------------------------------------------------------------- the embedded pair
-def _toy():
-    zoo = pytest.importorskip("shiftlens.zoo")
-    try:
-        zoo.pair_dirs()
-    except ShiftlensError:
-        pytest.skip("the embedded pair (shiftlens/zoo/pair) is not built yet")
-    return zoo
-
-
-def test_toy_pair_guaranteed_properties():
-    """Only what holds for any pair: lens = logits, KL >= 0, cosine <= 1, the resid identity,
-    and 100% from the final residual iff the heads match (checked against the lens)."""
-    zoo = _toy()
-    p = zoo.toy_pair()
-    prompts = zoo.toy_prompts(14)
-    L = p.cfg.n_layers
-    kl = output_shift(p, prompts, progress=False)
-    assert kl.lens_check_max_abs_diff < 1e-3
-    assert (kl.to_frame().kl > -1e-9).all()
-    sim = similarity(p, prompts, progress=False)
-    assert (sim.to_frame().cosine <= 1 + 1e-9).all()
-    pr = patching(p, prompts, components=["resid_pre", "resid_post"], response="greedy",
-                  max_new_tokens=8, directions=["tuned->base"], progress=False)
-    f = pr.to_frame()
-    for layer in range(L - 1):
-        a = f[(f.component == "resid_post") & (f.layer == layer)].sort_values("prompt_id")
-        b = f[(f.component == "resid_pre") & (f.layer == layer + 1)].sort_values("prompt_id")
-        np.testing.assert_allclose(a.lp_patched.to_numpy(), b.lp_patched.to_numpy(), atol=1e-4)

@@ -91,7 +91,7 @@ def test_meta_is_make_meta_with_the_call_arguments(results, llama):
     assert pr.meta["params"] == dict(layers=[0, 1], components=["mlp_out"],
                                      directions=["tuned->base", "base->tuned"], positions="all",
                                      response="reference", max_new_tokens=16, min_gap=1e-4,
-                                     n_boot=100)
+                                     alternative="two-sided", n_boot=100)
     assert kl.n_counted_positions == int(kl.to_frame().query(
         "site == 'logits' and segment == 'response'").shape[0])
     assert 0 <= kl.lens_check_max_abs_diff < 1e-4
@@ -164,10 +164,11 @@ def test_plot_options_and_figures(results, tmp_path):
     import matplotlib.pyplot as plt
 
     sim, kl, pr = results
-    for metric, rows in (("cosine", 1), ("cka", 1), ("both", 2)):
+    n_seg = sim.to_frame(aggregate=True).query("n_cosine > 0").segment.nunique()
+    for metric, lines in (("cosine", 1), ("cka", 1), ("both", 2)):
         fig = sim.show(metric=metric)
-        n_seg = sim.to_frame(aggregate=True).query("n_cosine > 0").segment.nunique()
-        assert len(fig.axes) == rows * n_seg
+        assert len(fig.axes) == n_seg  # one panel per segment, each metric a line in it
+        assert max(len(ax.lines) for ax in fig.axes) == lines
         plt.close(fig)
     with pytest.raises(ShiftlensError, match="metric must be"):
         sim.plot(metric="angle")
@@ -223,3 +224,79 @@ def test_docstring_examples_run(name):
     r = doctest.testmod(importlib.import_module(name),
                         optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert r.attempted > 0 and r.failed == 0
+
+
+# ---------------------------------------------------------------------------- issue 15: trust
+def test_similarity_figure_is_a_readable_grid(llama):
+    """Five or six segments drew as many panels in one strip up to 19 x 2.8 inches (2292 x 366
+    px in the report); now a grid at most 3 panels across, each at least 2.5 x 1.8 inches."""
+    from shiftlens.viz.style import layout_problems, pyplot
+
+    prompts = [p for p in default_prompts() if p.reference and p.context][:2]
+    sim = similarity(llama, prompts, batch_size=2, n_boot=50, progress=False)
+    segs = sim.to_frame(aggregate=True).query("n_cosine > 0").segment.unique()
+    assert len(segs) >= 5  # bos, instruction, context, response, all (no template here)
+    for metric in ("cosine", "both"):
+        fig = sim.show(metric=metric)
+        w, h = fig.get_size_inches()
+        assert w / h <= 2.5, (w, h)
+        assert w * 120 <= 1600  # the report's PNG (dpi 120) stays within a page
+        assert len(fig.axes) == len(segs)
+        for ax in fig.axes:
+            bb = ax.get_position()
+            assert bb.width * w >= 2.5 and bb.height * h >= 1.8, (bb.width * w, bb.height * h)
+        assert layout_problems(fig) == []
+        pyplot().close(fig)
+
+
+def test_patching_gap_that_may_be_zero_is_said_and_warned(llama, anonymous):
+    """On the tiny pair (tuned = base + noise) the reference responses' gap has a CI across 0:
+    the sentence used to state recoveries alone; now it says the gap is not reliably non-zero."""
+    from scipy import stats as st
+
+    with pytest.warns(ShiftlensWarning, match="not reliably non-zero"):
+        pr = patching(llama, anonymous, components=["mlp_out"], response="reference",
+                      batch_size=2, n_boot=200, progress=False)
+    s = pr.summary()
+    q = pr.prompts
+    assert s["gap"]["ci"][0] <= 0 <= s["gap"]["ci"][1] and not s["gap"]["reliable"]
+    assert "not reliably non-zero" in s["sentence"] and s["caveat"]
+    # the gap test is a two-sided paired t-test of lp_tuned vs lp_base (scipy, independently)
+    want = st.ttest_rel(q.lp_tuned, q.lp_base)
+    assert s["gap_test"]["pvalue"] == pytest.approx(want.pvalue, rel=1e-9)
+    assert s["gap_test"]["alternative"] == "two-sided"
+    assert "two-sided paired t-test" in s["sentence"]
+    verb = "rose" if q.gap.mean() > 0 else "fell"
+    assert f"{verb}, not significantly," in s["sentence"]
+
+
+def test_patching_reliable_gap_and_one_sided_test(results):
+    """A clear gap (every prompt's tuned log-prob 5 nats higher): no caveat, "rose
+    significantly"; a one-sided test is named as such; a bad alternative is refused."""
+    pr = results[2]
+    q = pr.prompts.copy()
+    q["lp_tuned"] = q.lp_base + np.array([5.0, 5.5])
+    q["gap"] = q.lp_tuned - q.lp_base
+    q["defined"] = True
+    clear = dataclasses.replace(pr, prompts=q)
+    clear.validate()
+    s = clear.summary()
+    assert s["caveat"] == "" and s["gap"]["reliable"]
+    assert "rose significantly" in s["sentence"] and "not reliably" not in s["sentence"]
+    one = dataclasses.replace(clear, meta={**clear.meta, "params": {
+        **clear.meta["params"], "alternative": "greater"}})
+    assert "one-sided (tuned > base) paired t-test" in one.summary()["sentence"]
+
+
+def test_rising_tokens_are_display_strings(results, llama):
+    """Token strings shown to people go through shiftlens.tokens: the text a token adds after
+    another token (a word-initial space kept), made visible in the sentence."""
+    from shiftlens.tokens import display_token, token_strings
+
+    kl = results[1]
+    top = kl.top_tokens
+    assert list(top.token) == [token_strings(llama.tokenizer, [int(i), int(i)])[1]
+                               for i in top.token_id]
+    s = kl.summary()["sentence"]
+    for t in top.token.head(5):
+        assert repr(display_token(t)) in s

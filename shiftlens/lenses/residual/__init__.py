@@ -6,7 +6,8 @@ Registered as ``"residual"``. The layers of the lens:
 * :mod:`.core` - one model and tensors: ``cosine_per_position``, ``linear_cka``,
   ``kl_divergence``, ``logit_lens``, ``lens_logits``, ``response_logprob``, ``patched_logits``;
 * :mod:`.compare` - a pair (validate / accumulate / assemble): ``check_pair``, ``similarity``,
-  ``output_shift``, ``patching``;
+  ``output_shift``; :mod:`.patching` - ``patching`` (cross-model activation patching);
+  :mod:`.common` - what they share (the pair check, argument checks, the non-finite error);
 * :mod:`.results` - ``SimilarityResult``, ``OutputShiftResult``, ``PatchingResult``;
 * :mod:`.plots` - their figures; :mod:`.section` - the report section and contract examples;
 * :mod:`.deprecated` - ``greedy_response``, ``check_pair_compatible`` (0.1 names).
@@ -51,7 +52,8 @@ _API: dict[str, str] = {
     **dict.fromkeys(("RESID_HOOKS", "COMPONENTS", "DIRECTIONS", "RESULT_SEGMENTS",
                      "cosine_per_position", "linear_cka", "kl_divergence", "logit_lens",
                      "lens_logits", "response_logprob", "patched_logits"), "core"),
-    **dict.fromkeys(("check_pair", "similarity", "output_shift", "patching"), "compare"),
+    **dict.fromkeys(("check_pair", "similarity", "output_shift"), "compare"),
+    "patching": "patching",
     **dict.fromkeys(("SimilarityResult", "OutputShiftResult", "PatchingResult"), "results"),
     **dict.fromkeys(("similarity_figure", "output_shift_figure", "patching_figure"), "plots"),
     **dict.fromkeys(("greedy_response", "check_pair_compatible"), "deprecated"),

@@ -12,7 +12,14 @@ paper's frame (base vs tuned on identical tokens): linear CKA (Kornblith et al.,
 logit lens (nostalgebraist, 2020) and activation patching (Meng et al., 2022).
 
 Devices: a function that reads a model sends its inputs to :func:`shiftlens.bridge.device_of`
-of that model, and every mask or index is moved to the device of the tensor it indexes.
+of that model, every mask or index is moved to the device of the tensor it indexes, a residual
+read through the logit lens goes to the device of the final norm (and its output to that of the
+unembedding), and a patched activation goes to the device of the activation it replaces: the
+two models of a pair, and the layers of one dispatched model, may live on different devices.
+
+Non-finite values: :func:`nonfinite_at` finds the first NaN/infinity of a tensor and
+:func:`locate_nonfinite` the first hook of a forward pass where one appears; the pair functions
+use them to name the model, prompt, layer and position in their errors.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from shiftlens.bridge import device_of, model_name
-from shiftlens.checks import check_layers
+from shiftlens.checks import check_int, check_layers
 from shiftlens.errors import ShiftlensError
 from shiftlens.prompts import SEGMENTS
 
@@ -43,6 +50,8 @@ __all__ = [
     "lens_logits",
     "response_logprob",
     "patched_logits",
+    "nonfinite_at",
+    "locate_nonfinite",
 ]
 
 #: Residual-stream hooks compared by ``similarity`` (TL names without ``blocks.{l}.``).
@@ -82,6 +91,87 @@ def finite_mean(x: Any) -> float:
     a = np.asarray(x, dtype=np.float64).ravel()
     a = a[np.isfinite(a)]
     return float(a.mean()) if a.size else float("nan")
+
+
+def module_device(module: Any, default: torch.device) -> torch.device:
+    """The device a module computes on: an offload hook's execution device, else that of its
+    first parameter not on the meta device, else ``default``."""
+    for m in (module, getattr(module, "original_component", None)):
+        exe = getattr(getattr(m, "_hf_hook", None), "execution_device", None)
+        if exe is not None:
+            return torch.device("cuda", exe) if isinstance(exe, int) else torch.device(exe)
+    for p in module.parameters() if hasattr(module, "parameters") else ():
+        if p.device.type != "meta":
+            return p.device
+    return default
+
+
+def nonfinite_at(x: Tensor) -> tuple[int, tuple[int, ...]] | None:
+    """``(number of NaN/infinite entries, index of the first)`` of ``x``, or None if all finite.
+
+    Example:
+        >>> nonfinite_at(torch.tensor([[1.0, 2.0], [float("nan"), float("inf")]]))
+        (2, (1, 0))
+        >>> nonfinite_at(torch.ones(3)) is None
+        True
+    """
+    if not (x.is_floating_point() or x.is_complex()) or x.numel() == 0:
+        return None
+    bad = ~torch.isfinite(x)
+    if not bool(bad.any()):
+        return None
+    first = torch.nonzero(bad)[0]
+    return int(bad.sum()), tuple(int(i) for i in first)
+
+
+#: The hooks of one block in the order a forward pass computes them.
+BLOCK_ORDER = ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post")
+
+
+def locate_nonfinite(
+    model: Any, tokens: Int[Tensor, " pos"]
+) -> tuple[str, int, int] | None:
+    """Where one forward pass first produces a NaN or an infinity.
+
+    Runs ``model`` on ``tokens`` and checks, in the order they are computed, every block's
+    ``hook_resid_pre``, ``hook_attn_out``, ``hook_resid_mid``, ``hook_mlp_out`` and
+    ``hook_resid_post`` (those the model has), then the logits. Nothing is stored: each hook
+    records only whether it saw a non-finite value.
+
+    Args:
+        model: A TransformerBridge.
+        tokens: One sequence ``[pos]``.
+
+    Returns:
+        ``(hook name or "logits", layer or -1, first position)``, or None when all are finite.
+
+    Example:
+        >>> locate_nonfinite(pair.tuned, tp.tokens)  # doctest: +SKIP
+        ('blocks.1.hook_mlp_out', 1, 0)
+    """
+    n_layers = int(model.cfg.n_layers)
+    names = [(f"blocks.{layer}.hook_{h}", layer) for layer in range(n_layers)
+             for h in BLOCK_ORDER]
+    names = [(n, layer) for n, layer in names if n in model.hook_dict]
+    found: list[tuple[int, str, int, int]] = []
+
+    def make(rank: int, name: str, layer: int) -> Callable[..., Tensor]:
+        def hook(act: Tensor, hook: Any = None) -> Tensor:
+            r = nonfinite_at(act[0]) if act.dim() > 1 else nonfinite_at(act)
+            if r is not None:
+                found.append((rank, name, layer, r[1][0]))
+            return act
+
+        return hook
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[(n, make(k, n, layer))
+                                                 for k, (n, layer) in enumerate(names)]):
+        logits = model(tokens[None].to(device_of(model)), return_type="logits")
+    if found:
+        _, name, layer, pos = min(found)
+        return name, layer, pos
+    r = nonfinite_at(logits[0])
+    return None if r is None else ("logits", -1, r[1][0])
 
 
 # ====================================================================== tensors
@@ -185,14 +275,16 @@ def logit_lens(
     """Apply a model's own final norm and unembedding (and final soft-cap) to residual vectors.
 
     For the last layer's ``resid_post`` this equals the model's logits (tested on GPT-2, Llama,
-    Qwen2 and Gemma 2 bridges, raw and compatibility-mode weights).
+    Qwen2 and Gemma 2 bridges, raw and compatibility-mode weights). The vectors are moved to the
+    final norm's device first (in a model dispatched over several devices an early layer's
+    residual lives elsewhere), and the normed vectors to the unembedding's.
 
     Args:
         model: A TransformerBridge.
-        resid: Residual-stream vectors ``[..., d_model]`` on the model's device and dtype.
+        resid: Residual-stream vectors ``[..., d_model]`` in the model's dtype (any device).
 
     Returns:
-        Logits ``[..., d_vocab]``.
+        Logits ``[..., d_vocab]`` (on the unembedding's device).
 
     Example:
         >>> logits = logit_lens(pair.base, cache["blocks.3.hook_resid_post"])  # doctest: +SKIP
@@ -203,7 +295,8 @@ def logit_lens(
             f"{model.cfg.d_model}"
         )
     with torch.no_grad():
-        logits = model.unembed(model.ln_final(resid))
+        normed = model.ln_final(resid.to(module_device(model.ln_final, resid.device)))
+        logits = model.unembed(normed.to(module_device(model.unembed, normed.device)))
         cap = getattr(model.cfg, "output_logits_soft_cap", None) or 0.0
         if cap > 0:
             logits = cap * torch.tanh(logits / cap)
@@ -288,6 +381,7 @@ def response_logprob(
         >>> response_logprob(logits, tp.tokens, tp.n_prompt)  # doctest: +SKIP
     """
     n = int(tokens.shape[0])
+    n_prompt = check_int("n_prompt", n_prompt, who="response_logprob")
     if not 1 <= n_prompt < n:
         raise ShiftlensError(f"response_logprob: need 1 <= n_prompt < {n}, got {n_prompt}")
     lp = torch.log_softmax(logits[n_prompt - 1 : n - 1].double(), -1)
@@ -300,8 +394,9 @@ def replace_hook(
 ) -> Callable[..., Tensor]:
     """A forward hook replacing the activation by ``source`` where ``mask`` is true.
 
-    Refuses (naming ``who`` and the hook) a source whose shape, dtype or device differs from
-    the activation: nothing is converted silently. The mask is moved to the activation's device.
+    Refuses (naming ``who`` and the hook) a source whose shape or dtype differs from the
+    activation: no dtype is converted silently. The source and the mask are moved to the
+    activation's device (the source model, or this layer of it, may live on another device).
     """
     def hook(act: Tensor, hook: Any = None) -> Tensor:
         if act.shape != source.shape:
@@ -309,13 +404,13 @@ def replace_hook(
                 f"{who}: cannot patch {name}: activation shape {tuple(act.shape)} != "
                 f"source shape {tuple(source.shape)} (incompatible models?)"
             )
-        if act.dtype != source.dtype or act.device != source.device:
+        if act.dtype != source.dtype:
             raise ShiftlensError(
-                f"{who}: cannot patch {name}: activation {act.dtype}/{act.device} vs "
-                f"source {source.dtype}/{source.device} (nothing is converted silently)"
+                f"{who}: cannot patch {name}: activation dtype {act.dtype} vs source "
+                f"{source.dtype} (no dtype is converted silently)"
             )
         m = mask.to(act.device).reshape(mask.shape + (1,) * (act.dim() - mask.dim()))
-        return torch.where(m, source, act)
+        return torch.where(m, source.to(act.device), act)
 
     return hook
 
@@ -335,15 +430,15 @@ def patched_logits(
         hook_name: A TL hook whose activation is ``[batch, pos, d_model]`` (e.g.
             ``"blocks.3.hook_resid_pre"``, ``"blocks.3.hook_attn_out"``).
         source: Replacement activations (e.g. the tuned model's at the same hook and tokens),
-            on the activation's device and dtype.
+            in the activation's dtype; moved to the activation's device.
         mask: Positions to replace.
 
     Returns:
         The patched run's logits.
 
     Raises:
-        ShiftlensError: the hook does not exist or its activation's shape, dtype or device
-            differs from ``source``'s.
+        ShiftlensError: the hook does not exist or its activation's shape or dtype differs
+            from ``source``'s.
 
     Example:
         >>> logits = patched_logits(pair.base, toks, "blocks.1.hook_resid_post", src, mask)  # doctest: +SKIP

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from shiftlens.checks import check_int
 from shiftlens.errors import ShiftlensError
+from shiftlens.tokens import display_token
 from shiftlens.viz.style import MIN_FONT_PT, integer_ticks, new_figure
 
 if TYPE_CHECKING:
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["similarity_figure", "output_shift_figure", "patching_figure"]
 
 _METRICS = ("cosine", "cka", "both")
+_MAX_COLS = 3
 
 
 def _segments_in(present: Any) -> list[str]:
@@ -33,14 +36,17 @@ def _segments_in(present: Any) -> list[str]:
 
 
 def similarity_figure(result: SimilarityResult, metric: str = "both") -> Any:
-    """Residual similarity against depth, one panel per segment (a row per metric).
+    """Residual similarity against depth, one panel per segment in a grid at most 3 across.
 
     Depth ``l`` is ``resid_pre`` of layer ``l``, ``l + 0.5`` its ``resid_mid`` and ``l + 1``
-    its ``resid_post``; the band is the bootstrap 95% CI over prompts.
+    its ``resid_post``; the band is the bootstrap 95% CI over prompts. With ``metric="both"``
+    each panel holds two lines, cosine (solid) and linear CKA (dashed), on one shared y axis;
+    panels share both axes, so segments compare at a glance. Six segments make a 2 x 3 grid (four
+    a 2 x 2 one) of readable panels, about 3.6 x 2.9 inches each, instead of one strip.
 
     Args:
         result: A :class:`~shiftlens.lenses.residual.results.SimilarityResult`.
-        metric: ``"cosine"``, ``"cka"`` or ``"both"`` (two rows).
+        metric: ``"cosine"``, ``"cka"`` or ``"both"``.
 
     Returns:
         A matplotlib Figure.
@@ -51,25 +57,43 @@ def similarity_figure(result: SimilarityResult, metric: str = "both") -> Any:
     if metric not in _METRICS:
         raise ShiftlensError(f"metric must be 'cosine', 'cka' or 'both', got {metric!r}")
     t = result.to_frame(aggregate=True)
-    segs = _segments_in(t.segment[t.n_cosine > 0])
+    segs = _segments_in(t.segment[t.n_cosine > 0]) or ["all"]
     metrics = ["cosine", "cka"] if metric == "both" else [metric]
-    ncols = max(1, len(segs))
-    fig, axes = new_figure(len(metrics), ncols, width=3.2 * ncols,
-                           height=2.8 * len(metrics))
-    for i, m in enumerate(metrics):
-        for j, s in enumerate(segs):
-            ax = axes[i][j]
-            g = t[t.segment == s].sort_values("depth")
+    ncols = 2 if len(segs) == 4 else min(_MAX_COLS, len(segs))
+    nrows = -(-len(segs) // ncols)
+    fig, axes = new_figure(nrows, ncols, width=3.6 * ncols + 0.4, height=2.9 * nrows + 0.5,
+                           sharex=True, sharey=True)
+    styles = {"cosine": dict(color="C0", ls="-"), "cka": dict(color="C1", ls="--")}
+    legend_ax = None
+    for k, s in enumerate(segs):
+        ax = axes[k // ncols][k % ncols]
+        g = t[t.segment == s].sort_values("depth")
+        drawn = []
+        for m in metrics:
             if not g[m].notna().any():
-                ax.text(0.5, 0.5, "undefined\n(< 3 positions)" if m == "cka" else "undefined",
-                        ha="center", va="center", transform=ax.transAxes, fontsize=MIN_FONT_PT)
-            ax.plot(g.depth, g[m], marker="o", ms=3)
-            ax.fill_between(g.depth, g[f"{m}_low"], g[f"{m}_high"], alpha=0.25)
-            ax.set_title(s)
+                continue
+            ax.plot(g.depth, g[m], marker="o", ms=3, label="cosine" if m == "cosine" else
+                    "linear CKA", **styles[m])
+            ax.fill_between(g.depth, g[f"{m}_low"], g[f"{m}_high"], alpha=0.2,
+                            color=styles[m]["color"])
+            drawn.append(m)
+        missing = [m for m in metrics if m not in drawn]
+        title = s
+        if missing:  # said in the title, where it cannot cover a line
+            title += " (CKA undefined)" if missing == ["cka"] else " (undefined)"
+        ax.set_title(title)
+        if len(drawn) > 1 and legend_ax is None:
+            legend_ax = ax
+        ax.grid(alpha=0.3)
+        if k + ncols >= len(segs):  # the lowest panel of its column
             ax.set_xlabel("depth (layer; .5 = resid_mid)")
-            if j == 0:
-                ax.set_ylabel(f"{m}, base vs tuned")
-            ax.grid(alpha=0.3)
+            ax.tick_params(labelbottom=True)
+        if k % ncols == 0:
+            ax.set_ylabel("base vs tuned" if metric == "both" else f"{metric}, base vs tuned")
+    for k in range(len(segs), nrows * ncols):  # empty cells of the grid
+        fig.delaxes(axes[k // ncols][k % ncols])
+    if legend_ax is not None:  # once, in the first panel that shows both metrics
+        legend_ax.legend(loc="best")
     fig.suptitle("Residual-stream similarity of base and tuned on identical tokens")
     fig.tight_layout()
     return fig
@@ -93,6 +117,7 @@ def output_shift_figure(result: OutputShiftResult, n_tokens: int = 15) -> Any:
     Example:
         >>> fig = output_shift_figure(output_shift(pair, prompts), n_tokens=10)  # doctest: +SKIP
     """
+    n_tokens = check_int("n_tokens", n_tokens, minimum=1)
     t = result.to_frame(aggregate=True)
     fig, axes = new_figure(1, 2, width=11.0, height=3.8)
     ax = axes[0][0]
@@ -109,7 +134,9 @@ def output_shift_figure(result: OutputShiftResult, n_tokens: int = 15) -> Any:
     ax.grid(alpha=0.3)
     ax2 = axes[0][1]
     top = result.top_tokens.head(n_tokens).iloc[::-1]
-    ax2.barh([repr(s) for s in top.token], top["count"])
+    ys = list(range(len(top)))  # positions, not labels: two tokens may display alike
+    ax2.barh(ys, top["count"])
+    ax2.set_yticks(ys, [repr(display_token(s)) for s in top.token])
     ax2.set_xlabel("positions where the token is a top KL contributor")
     ax2.set_title("tokens favoured by the tuned model")
     fig.tight_layout()

@@ -18,6 +18,7 @@ of every prompt, in order).
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,9 +38,13 @@ from shiftlens.lenses.residual.core import (
     hook_name,
 )
 from shiftlens.result import Result
-from shiftlens.stats import bootstrap_ci
+from shiftlens.stats import TestResult, bootstrap_ci, change_sentence, fmt_number, paired_test
+from shiftlens.tokens import display_token
 
-__all__ = ["SimilarityResult", "OutputShiftResult", "PatchingResult"]
+__all__ = ["SimilarityResult", "OutputShiftResult", "PatchingResult", "ALTERNATIVES"]
+
+#: The alternatives of this lens's tests (``"two-sided"`` is the default everywhere).
+ALTERNATIVES = ("two-sided", "greater", "less")
 
 
 # ====================================================================== shared
@@ -210,26 +215,37 @@ class SimilarityResult(Result):
             return out
         r = allp.loc[allp.cosine.idxmin()]
         out["lowest"] = dict(layer=int(r.layer), hook=r.hook, cosine=r.cosine,
-                             cosine_ci=[r.cosine_low, r.cosine_high])
+                             cosine_ci=[r.cosine_low, r.cosine_high], n_prompts=int(r.n_cosine))
         segs = {s: v["cosine"] for s, v in final.items() if s not in ("all", "bos")}
         seg_txt = ""
         if segs:
             worst = min(segs, key=lambda s: segs[s] if np.isfinite(segs[s]) else np.inf)
             seg_txt = (f"; at the last layer the {worst} segment has drifted most "
                        f"(cosine {segs[worst]:.3f})")
+        n_layers = int(_meta_value(self, "n_layers"))
+        n_cmp = len(_params(self, "layers")["layers"])
+        scope = (f"{n_layers} layers" if n_cmp == n_layers
+                 else f"{n_cmp} of {n_layers} layers compared")
+        hooks = sorted(set(t.hook), key=RESID_HOOKS.index)
+        if len(hooks) < len(RESID_HOOKS):
+            scope += f" ({', '.join(hooks)} only)"
+        undefined = ""
+        if int(r.n_cosine) < n_prompts:
+            undefined = (f", over {int(r.n_cosine)} of {n_prompts} prompts: the cosine is "
+                         "undefined where a residual vector is zero")
         out["sentence"] = (
-            f"Over {n_prompts} prompts and {int(_meta_value(self, 'n_layers'))} layers, the "
-            f"residual streams are least similar at blocks.{int(r.layer)}.hook_{r.hook} "
-            f"(mean cosine {r.cosine:.3f}, 95% CI [{r.cosine_low:.3f}, "
-            f"{r.cosine_high:.3f}]){seg_txt}."
+            f"Over {n_prompts} prompts and {scope}, the residual streams are least similar at "
+            f"blocks.{int(r.layer)}.hook_{r.hook} (mean cosine {r.cosine:.3f}, 95% CI "
+            f"[{fmt_number(r.cosine_low, '.3f')}, {fmt_number(r.cosine_high, '.3f')}]"
+            f"{undefined}){seg_txt}."
         )
         return out
 
     def plot(self, metric: str = "both") -> Any:
-        """Line panels per segment: similarity against depth (pre/mid/post of each layer).
+        """One panel per segment (a grid, at most 3 across): similarity against depth.
 
         Args:
-            metric: ``"cosine"``, ``"cka"`` or ``"both"`` (two rows).
+            metric: ``"cosine"``, ``"cka"`` or ``"both"`` (two lines per panel).
 
         Returns:
             A matplotlib Figure.
@@ -395,7 +411,7 @@ class OutputShiftResult(Result):
         tok_txt = ""
         if out["top_tokens"]:
             tok_txt = "; tokens the tuned model favours most: " + ", ".join(
-                repr(d["token"]) for d in out["top_tokens"][:5])
+                repr(display_token(d["token"])) for d in out["top_tokens"][:5])
         return (f"KL(tuned || base) of the next-token distributions averages {a['kl']:.3g} nats "
                 f"per token (95% CI [{a['ci'][0]:.3g}, {a['ci'][1]:.3g}], {a['n_prompts']} "
                 f"prompts){seg_txt}{lens_txt}{tok_txt}.")
@@ -404,7 +420,7 @@ class OutputShiftResult(Result):
         """KL by layer per segment (logit lens; output as the last point) and the top tokens.
 
         Args:
-            n_tokens: Rising tokens shown in the right panel.
+            n_tokens: Rising tokens shown in the right panel (at least 1).
 
         Example:
             >>> fig = res.plot(n_tokens=10)  # doctest: +SKIP
@@ -528,24 +544,72 @@ class PatchingResult(Result):
             ))
         return pd.DataFrame(rows)
 
-    def summary(self) -> dict[str, Any]:
-        """Headline: the gap, and per direction and component the layer recovering most.
+    def gap_test(self) -> TestResult:
+        """Is there a gap to recover? A paired t-test of ``lp_tuned`` against ``lp_base``.
 
-        The sentence names, per direction, the attention/MLP site recovering most (residual
-        patches trivially carry everything computed so far).
+        Over prompts, with the alternative the result was computed with (``"two-sided"``
+        unless ``patching(alternative=...)`` asked otherwise); the CI is the seeded bootstrap
+        95% CI of the mean gap (``n_boot`` resamples), the one the summary reports.
+
+        Example:
+            >>> t = res.gap_test(); t.pvalue, t.ci_low, t.ci_high  # doctest: +SKIP
+        """
+        p = _params(self, "n_boot")
+        alt = p.get("alternative", "two-sided")
+        q = self.prompts
+        t = paired_test(q.lp_tuned.to_numpy(np.float64), q.lp_base.to_numpy(np.float64),
+                        alternative=alt, ci=False)
+        _, lo, hi, _ = _bootstrap_mean(q.gap.to_numpy(np.float64), int(p["n_boot"]),
+                                       int(self.meta.get("seed") or 0))
+        return dataclasses.replace(t, ci_low=lo, ci_high=hi)
+
+    def gap_caveat(self) -> str:
+        """Why the recovered fractions may mean little: the gap's 95% CI includes 0 ("" if not).
+
+        Not said where the mean gap is below ``min_gap`` (:attr:`note` says that) or with one
+        prompt (no CI).
+
+        Example:
+            >>> res.gap_caveat()  # doctest: +SKIP
+            ''
+        """
+        p = _params(self, "min_gap")
+        t = self.gap_test()
+        if not (np.isfinite(t.ci_low) and np.isfinite(t.diff)) or abs(t.diff) < float(
+                p["min_gap"]):
+            return ""
+        if t.ci_low <= 0 <= t.ci_high:
+            return (f"the tuned-vs-base gap is not reliably non-zero: its mean {t.diff:+.3g} "
+                    f"nats has a 95% CI [{t.ci_low:.3g}, {t.ci_high:.3g}] that includes 0 "
+                    f"({t.n_a} prompts), so the recovered fractions divide by a gap that may be "
+                    "zero and do not show where the tuned behaviour lives")
+        return ""
+
+    def summary(self) -> dict[str, Any]:
+        """Headline: the gap and its test, and per direction and component the layer recovering
+        most.
+
+        The sentence states the gap's direction and verdict in words (a two-sided paired t-test
+        unless ``alternative`` was given), says when the gap is not reliably non-zero
+        (:meth:`gap_caveat`), and names per direction the attention/MLP site recovering most
+        (residual patches trivially carry everything computed so far).
 
         Example:
             >>> print(res.summary()["sentence"])  # doctest: +SKIP
         """
         p = _params(self, "directions", "components", "response", "positions", "n_boot")
         t = self.to_frame(aggregate=True)
-        m, lo, hi, n = _bootstrap_mean(self.prompts.gap.to_numpy(np.float64), int(p["n_boot"]),
-                                       int(self.meta.get("seed") or 0))
+        test = self.gap_test()
+        caveat = self.gap_caveat()
         out: dict[str, Any] = {
             "models": self.model_names, "n_prompts": int(len(self.prompts)),
-            "gap": dict(mean=m, ci=[lo, hi], n_defined=int(self.prompts.defined.sum())),
+            "gap": dict(mean=test.diff, ci=[test.ci_low, test.ci_high],
+                        n_defined=int(self.prompts.defined.sum()),
+                        reliable=not caveat and bool(np.isfinite(test.ci_low))),
+            "gap_test": dict(test=test.test, alternative=test.alternative,
+                             statistic=test.statistic, pvalue=test.pvalue, n=test.n_a),
             "response": p["response"], "positions": p["positions"],
-            "note": self.note, "best": {},
+            "note": self.note, "caveat": caveat, "best": {},
         }
         parts = []
         for d in p["directions"]:
@@ -563,16 +627,28 @@ class PatchingResult(Result):
             if comps:
                 c = max(comps, key=lambda c: found[c]["recovery"])
                 v = found[c]
-                parts.append(f"{d}: {c} of layer {v['layer']} recovers {100 * v['recovery']:.0f}% "
-                             f"(95% CI [{100 * v['ci'][0]:.0f}, {100 * v['ci'][1]:.0f}]%)")
-        if not np.isfinite(m) or not parts:
+                ci = v["ci"]
+                ci_txt = (f"95% CI [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]%"
+                          if np.isfinite(ci[0]) and np.isfinite(ci[1]) else "no CI")
+                parts.append(f"{d}: {c} of layer {v['layer']} recovers "
+                             f"{100 * v['recovery']:.0f}% ({ci_txt})")
+        if not np.isfinite(test.diff) or not parts:
             out["sentence"] = "Recovery is undefined: " + (self.note or "no defined gap") + "."
-        else:
-            out["sentence"] = (
-                f"Log-prob gap (tuned - base) of the response: {m:+.3g} nats "
-                f"(95% CI [{lo:.3g}, {hi:.3g}], {n} prompts). " + "; ".join(parts) + "."
-                + (f" Note: {self.note}" if self.note else "")
-            )
+            return out
+        kind = {"greedy": "tuned model's greedy", "reference": "reference",
+                "given": "given"}.get(p["response"], str(p["response"]))
+        gap = change_sentence(
+            f"the log-probability of the {kind} response (summed over its tokens)",
+            float(self.prompts.lp_base.mean()), float(self.prompts.lp_tuned.mean()),
+            p=test.pvalue, test="paired t-test", alternative=test.alternative,
+            ci=[test.ci_low, test.ci_high], n=test.n_a, unit=" nats")
+        if caveat:
+            gap += (" The gap is not reliably non-zero (its 95% CI includes 0), so the recovered "
+                    "fractions below may mean little.")
+        elif not np.isfinite(test.ci_low):
+            gap += " With one prompt the gap has no confidence interval."
+        out["sentence"] = (gap + " Fraction of the gap recovered by patching one site: "
+                           + "; ".join(parts) + "." + (f" Note: {self.note}" if self.note else ""))
         return out
 
     def plot(self) -> Any:

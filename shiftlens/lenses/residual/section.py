@@ -40,7 +40,8 @@ def section(ctx: Any, sec: Section) -> None:
     Example:
         >>> get_lens("residual").run_section()(ctx, sec)  # doctest: +SKIP
     """
-    from shiftlens.lenses.residual.compare import output_shift, patching, similarity
+    from shiftlens.lenses.residual.compare import output_shift, similarity
+    from shiftlens.lenses.residual.patching import patching
 
     pair = ctx.pair
     ps = ctx.prompts_for("residual")
@@ -104,7 +105,8 @@ def examples(pair: Any, prompts: list[Any]) -> list[Any]:
         >>> [type(r).__name__ for r in results]  # doctest: +SKIP
         ['SimilarityResult', 'OutputShiftResult', 'PatchingResult']
     """
-    from shiftlens.lenses.residual.compare import output_shift, patching, similarity
+    from shiftlens.lenses.residual.compare import output_shift, similarity
+    from shiftlens.lenses.residual.patching import patching
 
     ps = list(prompts)[:2]
     kw: dict[str, Any] = dict(batch_size=2, n_boot=200, seed=0, progress=False)
