@@ -7,7 +7,13 @@ its public API. See docs/attention.md.
 
 from __future__ import annotations
 
-from shiftlens.lenses.attention.compare import head_tests, instruction_attention, verb_shift
+from shiftlens.lenses.attention.compare import (
+    drop_nonfinite,
+    head_tests,
+    instruction_attention,
+    pair_diff,
+    verb_shift,
+)
 from shiftlens.lenses.attention.core import (
     QUERIES,
     LayerPairs,
@@ -33,10 +39,12 @@ from shiftlens.lenses.attention.filters import (
     VectorFilter,
     bind_filter,
     cosine_threshold,
+    filter_reason,
     resolve_filter,
 )
 from shiftlens.lenses.attention.plots import head_delta_figure, verb_shift_figure
 from shiftlens.lenses.attention.results import ROLES, InstructionAttentionResult, VerbShiftResult
+from shiftlens.lenses.attention.scores import qk_score, qk_scores, top_pairs
 
 __all__ = [
     "SegmentAttention",
@@ -71,4 +79,11 @@ __all__ = [
     "head_tests",
     "head_delta_figure",
     "verb_shift_figure",
+    # the full bilinear score (issue 15)
+    "qk_scores",
+    "qk_score",
+    "top_pairs",
+    "pair_diff",
+    "filter_reason",
+    "drop_nonfinite",
 ]

@@ -1,4 +1,7 @@
-"""Lens 2 (shiftlens.attention): activation view, word pairs (planted QK edit), verb shift."""
+"""Lens 2 (shiftlens.attention) on tiny random models: activation view, word pairs, verb shift.
+
+The planted QK edit is in tests/planted/test_attention_planted.py, the embedded pair in
+tests/toy/test_attention_toy.py."""
 
 from __future__ import annotations
 
@@ -13,7 +16,6 @@ from scipy import stats as st
 
 from shiftlens import ModelPair, ShiftlensError, ShiftlensWarning
 from shiftlens.attention import (
-    EmbeddingFilter,
     InstructionAttentionResult,
     VectorFilter,
     VerbShiftResult,
@@ -35,9 +37,6 @@ from shiftlens.vocab import default_vocab
 from shiftlens.weights import WordVocab
 
 # ----------------------------------------------------------------------------- fixtures
-
-EDIT_LAYER, EDIT_HEAD, EDIT_DIM = 1, 2, 3  # tiny llama: 4 query heads, 2 KV heads (groups {0,1},{2,3})
-
 
 @pytest.fixture(scope="module")
 def lpair(tiny_dirs) -> ModelPair:
@@ -292,70 +291,6 @@ def test_word_pairs_other_architectures(tiny_dirs, arch):
     assert np.isfinite(df.score).all() and (df.score > 0).all()
 
 
-@pytest.fixture(scope="module")
-def planted(tiny_dirs, lpair, vocab, tmp_path_factory):
-    """The tiny llama base + a rank-1 QK term in (layer 1, head 2, dim 3): query A -> key B."""
-    from transformers import AutoTokenizer
-
-    base_dir = tiny_dirs("llama")[0]
-    hf = _hf_state(base_dir)
-    cfg = hf.config
-    dh = cfg.hidden_size // cfg.num_attention_heads
-    kv = EDIT_HEAD // (cfg.num_attention_heads // cfg.num_key_value_heads)
-    gamma = hf.model.layers[EDIT_LAYER].input_layernorm.weight.detach()
-    emb = hf.model.embed_tokens.weight.detach()
-    single = [i for i, t in enumerate(vocab.token_ids) if len(t) == 1]
-    X = torch.stack([emb[vocab.token_ids[i][0]] for i in single]) * gamma  # norm-folded vectors
-    allX = torch.stack([emb[t].mean(0) for t in vocab.token_ids]) * gamma
-    # relatedness as the default filter sees it: raw embedding cosine, mean + 1.96 sd rule
-    bound = EmbeddingFilter().bind(lpair.base, vocab)
-    U = torch.nn.functional.normalize(X, dim=-1)
-    cos = U @ U.T
-    cos.fill_diagonal_(-1)
-    choice = None
-    for flat in torch.argsort(cos.flatten(), descending=True)[:200].tolist():
-        a, b = single[flat // len(single)], single[flat % len(single)]
-        ok = bool(bound(torch.tensor([a]), torch.tensor([b]))[0])
-        ua = torch.nn.functional.normalize(allX[a], dim=0)
-        ub = torch.nn.functional.normalize(allX[b], dim=0)
-        # A must be the word most aligned with its own direction (and B likewise)
-        if ok and int((allX @ ua).argmax()) == a and int((allX @ ub).argmax()) == b:
-            choice = (a, b, ua, ub)
-            break
-    assert choice is not None
-    a, b, ua, ub = choice
-    att = hf.model.layers[EDIT_LAYER].self_attn
-    # a moderate edit: 1.5x the largest row norm of the layer's q_proj / k_proj
-    alpha = 1.5 * float(torch.cat([att.q_proj.weight, att.k_proj.weight]).detach().norm(dim=1).max())
-    with torch.no_grad():
-        att.q_proj.weight[EDIT_HEAD * dh + EDIT_DIM] += alpha * ua
-        att.k_proj.weight[kv * dh + EDIT_DIM] += alpha * ub
-    out = tmp_path_factory.mktemp("planted") / "edited"
-    hf.save_pretrained(out)
-    AutoTokenizer.from_pretrained(base_dir).save_pretrained(out)
-    return {"dir": out, "model": load_bridge(out), "A": vocab.words[a], "B": vocab.words[b]}
-
-
-def test_planted_qk_pair_is_found(lpair, vocab, planted):
-    A, B = planted["A"], planted["B"]
-    orig, edited = lpair.base, planted["model"]
-    got = word_pairs(edited, EDIT_LAYER, EDIT_HEAD, vocab)
-    top = got.iloc[0]
-    assert (top.q_word, top.k_word, int(top.dim)) == (A, B, EDIT_DIM)
-    assert int(top.dim_rank) == 0  # the planted dimension carries the most energy
-    before = word_pairs(orig, EDIT_LAYER, EDIT_HEAD, vocab)
-    assert not ((before.q_word == A) & (before.k_word == B)).any()
-    # heads of the other KV group and every head of the other layer are unchanged
-    b_all = model_word_pairs(orig, vocab, progress=False)
-    e_all = model_word_pairs(edited, vocab, progress=False)
-    same = lambda df: df[(df.layer != EDIT_LAYER) | df["head"].isin([0, 1])].reset_index(drop=True)  # noqa: E731
-    assert len(same(b_all)) > 0
-    pd.testing.assert_frame_equal(same(b_all), same(e_all))
-    # ...while the edited head's pairs are exactly what word_pairs reported
-    mine = e_all[(e_all.layer == EDIT_LAYER) & (e_all["head"] == EDIT_HEAD)].reset_index(drop=True)
-    pd.testing.assert_frame_equal(mine, got)
-
-
 def test_filters_are_pluggable(lpair, vocab):
     words = vocab.words[:400]
     small = vocab.subset(words)
@@ -481,22 +416,6 @@ def test_verb_shift_equals_independent_computation(lpair, tmp_path):
     assert len(fig.axes) == 1
 
 
-def test_verb_shift_planted(lpair, vocab, planted):
-    """Tuned = base + a QK term whose query word is an instruction verb: only the edited KV
-    group changes, and the verb's pair count rises there."""
-    A = planted["A"]
-    pair = ModelPair(lpair.base, planted["model"], names=("base", "edited"))
-    res = verb_shift(pair, vocab, instruction=[A], general=["go", "make", "see", "take"],
-                     progress=False)
-    c = res.counts
-    edited_group = (c.layer == EDIT_LAYER) & c["head"].isin([2, 3])
-    assert (c.loc[~edited_group, "base"] == c.loc[~edited_group, "tuned"]).all()
-    row = c[(c.layer == EDIT_LAYER) & (c["head"] == EDIT_HEAD) & (c.verb == A)].iloc[0]
-    assert row.tuned > row.base
-    v = res.verbs[(res.verbs.group == "all") & (res.verbs.verb == A)].iloc[0]
-    assert v.rose >= 1 and v.ties >= 6
-
-
 def test_verb_shift_bad_input(lpair, vocab):
     with pytest.raises(ShiftlensError, match="both sets"):
         verb_shift(lpair, vocab, instruction=["write", "go"], general=["go"], progress=False)
@@ -520,44 +439,3 @@ def test_pair_word_counts_min_dims():
     c3 = pair_word_counts(pairs, min_dims=3).set_index("word")["count"].to_dict()
     assert c3 == {"a": 1, "b": 1}
     assert pair_word_counts(pairs, ["c"]).word.tolist() == ["c"]
-
-
-# ----------------------------------------------------------------------------- toy pair
-
-
-def _toy():
-    from shiftlens.zoo import PAIR_DIR
-
-    if not (PAIR_DIR / "base" / "model.safetensors").exists():
-        pytest.skip("the embedded toy pair (shiftlens/zoo/pair) is not built yet")
-    from shiftlens.zoo import toy_pair, toy_prompts
-
-    return toy_pair(), toy_prompts
-
-
-def test_toy_pair_activation_view_equals_direct():
-    pair, toy_prompts = _toy()
-    prompts = toy_prompts(14)
-    res = instruction_attention(pair, prompts, progress=False)
-    assert res.n_prompts == 14 and res.excluded == []
-    direct = _direct_mass(pair, prompts, list(range(pair.cfg.n_layers)), "response")
-    torch.testing.assert_close(res.mass, direct, atol=1e-5, rtol=1e-4)
-
-
-def test_toy_pair_verb_shift_runs():
-    pair, toy_prompts = _toy()
-    from shiftlens.zoo import grammar
-
-    words = sorted({w for p in toy_prompts(28) for w in p.text.lower().split()
-                    if w.isalpha()} | set(grammar.INPUT_WORDS)
-                   | {f for v in grammar.INSTRUCTION_VERBS + grammar.TRANSITIVE_VERBS for f in v})
-    vocab = WordVocab.build(pair.tokenizer, words, max_tokens=2)
-    ins = [v[0] for v in grammar.INSTRUCTION_VERBS]
-    gen = [v[0] for v in grammar.TRANSITIVE_VERBS]
-    res = verb_shift(pair, vocab, instruction=ins, general=gen, progress=False)
-    assert res.meta["missing_verbs"] == []
-    assert res.counts.shape[0] == pair.cfg.n_layers * pair.cfg.n_heads * (len(ins) + len(gen))
-    # every count is reproducible from the kept pairs
-    base = _counts_by_hand(res.pairs, "base", ins + gen)
-    for r in res.counts.itertuples():
-        assert r.base == base.get((r.layer, r.head, r.verb), 0)

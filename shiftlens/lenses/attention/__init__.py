@@ -6,9 +6,11 @@ Registered as ``"attention"``. The package's modules:
 - :mod:`~shiftlens.lenses.attention.core` - one model: :func:`segment_attention`,
   :func:`qk_word_pairs` (tensors), :func:`word_pairs` (a model), :func:`pair_word_counts`,
   the verb lexicons;
+- :mod:`~shiftlens.lenses.attention.scores` - one model: the full bilinear QK score of word
+  pairs, :func:`qk_scores` / :func:`qk_score`, and each head's :func:`top_pairs` by it;
 - :mod:`~shiftlens.lenses.attention.filters` - the relatedness filters of the word pairs;
 - :mod:`~shiftlens.lenses.attention.compare` - a pair: :func:`instruction_attention`,
-  :func:`verb_shift`;
+  :func:`verb_shift`, :func:`pair_diff` (gained / lost pairs by full score per head);
 - :mod:`~shiftlens.lenses.attention.results` - :class:`InstructionAttentionResult`,
   :class:`VerbShiftResult`;
 - :mod:`~shiftlens.lenses.attention.plots`, :mod:`~shiftlens.lenses.attention.section` - the
@@ -50,10 +52,12 @@ _API: dict[str, str] = {
                      "LayerPairs", "project_vocab", "qk_word_pairs", "layer_word_pairs",
                      "word_pairs", "word_pairs_layer", "model_word_pairs", "pair_word_counts",
                      "instruction_verbs", "general_verbs"), "core"),
+    **dict.fromkeys(("qk_scores", "qk_score", "top_pairs"), "scores"),
     **dict.fromkeys(("PairFilter", "BoundFilter", "CosineThreshold", "cosine_threshold",
                      "EmbeddingFilter", "VectorFilter", "FilterSpec", "resolve_filter",
-                     "bind_filter"), "filters"),
-    **dict.fromkeys(("instruction_attention", "head_tests", "verb_shift"), "compare"),
+                     "bind_filter", "filter_reason"), "filters"),
+    **dict.fromkeys(("instruction_attention", "head_tests", "verb_shift", "pair_diff",
+                     "drop_nonfinite"), "compare"),
     **dict.fromkeys(("ROLES", "InstructionAttentionResult", "VerbShiftResult"), "results"),
     **dict.fromkeys(("head_delta_figure", "verb_shift_figure"), "plots"),
 }

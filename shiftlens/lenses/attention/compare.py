@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from shiftlens.checks import (
     check_choice,
@@ -37,21 +38,41 @@ from shiftlens.checks import (
 )
 from shiftlens.errors import ShiftlensError, ShiftlensWarning
 from shiftlens.lenses.attention.core import (
+    DEFAULT_WORDS,
     QUERIES,
+    _check_sizes,
+    _layer_weights,
+    check_device,
+    check_finite_words,
+    check_flag,
+    check_pair,
+    check_words,
     general_verbs,
     instruction_verbs,
+    nonfinite_cells,
+    nonfinite_message,
     pair_word_counts,
+    scope,
     segment_attention,
+    word_embeddings,
     word_pairs,
 )
-from shiftlens.lenses.attention.filters import FilterSpec, bind_filter
+from shiftlens.lenses.attention.filters import FilterSpec, bind_filter, filter_reason
 from shiftlens.lenses.attention.results import ROLES, InstructionAttentionResult, VerbShiftResult
+from shiftlens.lenses.attention.scores import (
+    allowed_fn,
+    check_k,
+    n_removed,
+    pair_similarity,
+    scan_topk,
+    top_filter_note,
+)
 from shiftlens.prompts import INSTRUCTION, SEGMENTS, InstructionPrompt, default_prompts
 from shiftlens.result import make_meta
 from shiftlens.stats import layer_groups, p_adjust, paired_test, welch_test
 from shiftlens.weights import WordVocab
 
-__all__ = ["instruction_attention", "head_tests", "verb_shift"]
+__all__ = ["instruction_attention", "head_tests", "verb_shift", "pair_diff", "drop_nonfinite"]
 
 ALTERNATIVES = ("two-sided", "greater", "less")
 
@@ -111,6 +132,28 @@ def head_tests(
         >>> head_tests(m, [0])[["rank", "layer", "head"]].shape
         (2, 3)
     """
+    if not isinstance(mass, Tensor) or mass.dim() != 5 or mass.shape[0] != 2 \
+            or mass.shape[4] != len(SEGMENTS) or not mass.is_floating_point():
+        shape = list(mass.shape) if isinstance(mass, Tensor) else type(mass).__name__
+        raise ShiftlensError(f"head_tests: mass must be a float tensor [2, prompt, layer, head, "
+                             f"{len(SEGMENTS)}] (role 0 base, 1 tuned), got {shape}")
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, (Sequence, np.ndarray, range)) \
+            or len(layers) != mass.shape[2] or not all(
+                isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in layers):
+        raise ShiftlensError(f"head_tests: layers must list the {mass.shape[2]} layer indices of "
+                             f"the mass, got {layers!r}")
+    if mass.shape[1] < 1:
+        raise ShiftlensError("head_tests: no prompts in mass")
+    check_choice("alternative", alternative, ALTERNATIVES)
+    ci = check_flag("ci", ci)
+    seed = check_int("seed", seed)
+    bad = ~torch.isfinite(mass)
+    if bool(bad.any()):
+        r, i, j, h, _ = (int(x) for x in bad.nonzero()[0])
+        raise ShiftlensError(
+            f"head_tests: mass holds {int(bad.sum())} non-finite values (first: {ROLES[r]}, "
+            f"prompt {i}, layer {layers[j]}, head {h}); the tests never drop values silently: "
+            "exclude those prompts first (instruction_attention does, and records them)")
     ins = mass[..., INSTRUCTION].double().cpu().numpy()  # [role, prompt, layer, head]
     rows = []
     for j, layer in enumerate(layers):
@@ -152,9 +195,13 @@ def instruction_attention(
     Benjamini-Hochberg adjusted p-values over all heads (:func:`head_tests`).
 
     Prompts without instruction tokens are excluded from the averages (their ids are in
-    ``result.excluded``; a :class:`ShiftlensWarning` says how many). With
-    ``query="response"``, prompts without a reference use their last prompt token
-    (``result.fallback_last``).
+    ``result.excluded``; a :class:`ShiftlensWarning` says how many). Prompts whose attention
+    mass is NaN or infinite in either model (weights edited after loading, an fp16 overflow)
+    are excluded too, and recorded: ``result.nonfinite`` names the model, prompt and layers,
+    the summary and its sentence count them, a :class:`ShiftlensWarning` says so; when no
+    prompt is left, a :class:`ShiftlensError` names the model, the first prompt and layer.
+    No statistic is ever computed over silently dropped values. With ``query="response"``,
+    prompts without a reference use their last prompt token (``result.fallback_last``).
 
     Args:
         pair: A :class:`shiftlens.ModelPair`.
@@ -172,32 +219,93 @@ def instruction_attention(
 
     Raises:
         ShiftlensError: no prompts, every prompt lacks instruction tokens, a layer out of
-            range, an unknown query or alternative.
+            range, an unknown query or alternative, a bad ``batch_size``, ``ci``, ``seed`` or
+            ``progress``, every prompt's attention non-finite in a model.
 
     Example:
         >>> res = instruction_attention(pair, default_prompts()[:8])  # doctest: +SKIP
         >>> res.ranking().head(3)  # doctest: +SKIP
     """
     # validate
+    check_pair(pair, "instruction_attention")
     prompts = list(default_prompts()) if prompts is None else check_prompts(
         prompts, who="instruction_attention")
     check_choice("query", query, QUERIES)
     check_choice("alternative", alternative, ALTERNATIVES)
     seed = check_int("seed", seed)
+    ci = check_flag("ci", ci)
+    progress = check_flag("progress", progress)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
     sel = sorted(check_layers(pair.base, layers))
     kept, ids, excluded = _split_by_instruction(pair, prompts)
     # accumulate
     sa = {role: segment_attention(model, kept, query, layers=sel, batch_size=batch_size,
-                                  progress=progress) for role, model in pair}
+                                  progress=progress, nonfinite="keep") for role, model in pair}
     mass = torch.stack([sa["base"].mass, sa["tuned"].mass])
     # assemble
+    mass, ids, used_last, cells = drop_nonfinite(mass, ids, sa["base"].used_last, sel,
+                                                 dict(pair.names))
     meta = make_meta(pair, seed=seed, params={
         "query": query, "layers": None if layers is None else sel, "alternative": alternative,
         "ci": bool(ci)}, n_layers=int(pair.cfg.n_layers), segments=list(SEGMENTS))
     return InstructionAttentionResult(
-        mass=mass, layers=sel, prompt_ids=ids, used_last=sa["base"].used_last,
+        mass=mass, layers=sel, prompt_ids=ids, used_last=used_last,
         excluded=excluded, tests=head_tests(mass, sel, alternative=alternative, ci=ci, seed=seed),
-        meta=meta)
+        nonfinite=cells, meta=meta)
+
+
+def drop_nonfinite(
+    mass: Float[Tensor, "role prompt layer head segment"],
+    prompt_ids: Sequence[str],
+    used_last: Sequence[bool],
+    layers: Sequence[int],
+    names: dict[str, str],
+    *,
+    who: str = "instruction_attention",
+) -> tuple[Tensor, list[str], list[bool], pd.DataFrame]:
+    """Exclude, and record, the prompts whose mass is NaN or infinite in either model.
+
+    Args:
+        mass: ``[role, prompt, layer, head, segment]`` of both models.
+        prompt_ids, used_last: Per prompt of ``mass``.
+        layers: The layer index of each ``layer`` row.
+        names: ``{"base": name, "tuned": name}``.
+        who: The function named in messages.
+
+    Returns:
+        ``(mass, prompt_ids, used_last)`` of the prompts kept and the record of the others:
+        one row per (prompt, model, layer) with a non-finite mass (columns
+        :data:`~shiftlens.lenses.attention.core.NONFINITE_COLUMNS`). A
+        :class:`ShiftlensWarning` says what was excluded.
+
+    Raises:
+        ShiftlensError: no prompt is left (naming the model, the first prompt and layer).
+
+    Example:
+        >>> m = torch.rand(2, 3, 1, 2, len(SEGMENTS)); m[1, 2, 0, 1, 0] = float("nan")
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     _, ids, _, cells = drop_nonfinite(m, ["a", "b", "c"], [False] * 3, [0],
+        ...                                       {"base": "b", "tuned": "t"})
+        >>> ids, cells["id"].tolist()
+        (['a', 'b'], ['c'])
+    """
+    cells = pd.concat([nonfinite_cells(mass[r], list(prompt_ids), list(layers), role,
+                                       names.get(role, role))
+                       for r, role in enumerate(ROLES)], ignore_index=True)
+    cells = cells.astype({"layer": np.int64, "heads": np.int64})
+    if not len(cells):
+        return mass, list(prompt_ids), list(used_last), cells
+    n = len(prompt_ids)
+    bad = set(cells["id"])
+    if len(bad) == n:
+        raise ShiftlensError(nonfinite_message(cells, n, who) + " No prompt is left to compare.")
+    keep = [i for i, p in enumerate(prompt_ids) if p not in bad]
+    warnings.warn(f"{who}: {len(bad)} of {n} prompts excluded from every average and test: "
+                  + nonfinite_message(cells, n).split(": ", 1)[1], ShiftlensWarning,
+                  stacklevel=3)
+    return (mass[:, keep], [prompt_ids[i] for i in keep], [bool(used_last[i]) for i in keep],
+            cells)
 
 
 # ============================================================================ verb shift
@@ -239,8 +347,10 @@ def _plan_verbs(pair: Any, vocab: WordVocab | None, instruction: Sequence[str] |
                 general: Sequence[str] | None, n_words: int, layers: Sequence[int] | None
                 ) -> _VerbPlan:
     """Validate: disjoint, non-empty verb sets; a vocabulary holding the encodable verbs."""
-    ins = list(dict.fromkeys(instruction_verbs() if instruction is None else instruction))
-    gen = list(dict.fromkeys(general_verbs() if general is None else general))
+    ins = list(dict.fromkeys(instruction_verbs() if instruction is None else check_words(
+        "instruction", instruction, who="verb_shift")))
+    gen = list(dict.fromkeys(general_verbs() if general is None else check_words(
+        "general", general, who="verb_shift")))
     overlap = sorted(set(ins) & set(gen))
     if overlap:
         raise ShiftlensError(f"verb_shift: verbs in both sets: {overlap[:10]}")
@@ -387,16 +497,27 @@ def verb_shift(
         >>> res.tests  # doctest: +SKIP
     """
     # validate
+    check_pair(pair, "verb_shift")
     check_choice("alternative", alternative, ALTERNATIVES)
     seed, min_dims = check_int("seed", seed), check_int("min_dims", min_dims, minimum=1)
+    n_words = check_int("n_words", n_words, minimum=1)
+    _check_sizes(top_dims, top_k)
+    exclude_self = check_flag("exclude_self", exclude_self)
+    keep_pairs = check_flag("keep_pairs", keep_pairs)
+    progress = check_flag("progress", progress)
+    group_names = _check_groups(group_names)
+    check_device(device, pair.base)
     plan = _plan_verbs(pair, vocab, instruction, general, n_words, layers)
+    for _, model in pair:  # named errors before the filter is bound
+        check_finite_words(model, word_embeddings(model, plan.vocab), plan.vocab)
     bound, fname = bind_filter(filter, pair.base, plan.vocab)
     # accumulate
-    pairs = {}
+    pairs, funnel = {}, []
     for role, model in pair:
         df = word_pairs(model, plan.layers, None, plan.vocab, top_dims=top_dims, top_k=top_k,
                         filter=None, bound_filter=bound, exclude_self=exclude_self, device=device,
                         progress=progress)
+        funnel.extend({"role": role, **f} for f in df.attrs["funnel"])
         df.insert(0, "role", role)
         pairs[role] = df
     group_of = layer_groups(pair.cfg.n_layers, tuple(group_names))
@@ -411,8 +532,172 @@ def verb_shift(
         "alternative": alternative, "keep_pairs": keep_pairs},
         n_words=len(plan.vocab), n_skipped_words=len(plan.vocab.skipped),
         missing_verbs=plan.missing, instruction_verbs=plan.instruction,
-        general_verbs=plan.general)
+        general_verbs=plan.general, n_layers=int(pair.cfg.n_layers),
+        filter_reason=filter_reason(bound, fname) if bound is not None else "")
     all_pairs = pd.concat([pairs["base"], pairs["tuned"]], ignore_index=True) if keep_pairs \
         else None
-    return VerbShiftResult(counts, verbs, _verb_tests(verbs, groups, alternative, seed),
-                           all_pairs, meta)
+    if all_pairs is not None:
+        all_pairs.attrs = {}
+    return VerbShiftResult(counts=counts, verbs=verbs,
+                           tests=_verb_tests(verbs, groups, alternative, seed), pairs=all_pairs,
+                           funnel=pd.DataFrame(funnel, columns=list(FUNNEL_COLUMNS)), meta=meta)
+
+
+FUNNEL_COLUMNS = ("role", "layer", "head", "candidates", "self", "opposite_sign", "unrelated",
+                  "kept")
+
+
+def _check_groups(names: Any) -> list[str]:
+    out = check_words("group_names", names, who="verb_shift")
+    if not out or any(not g for g in out) or len(set(out)) != len(out) or "all" in out:
+        raise ShiftlensError(f"verb_shift: group_names must be distinct non-empty names (not "
+                             f"'all', the name of every layer together), got {names!r}")
+    return out
+
+
+# ============================================================================ pair diff
+@torch.no_grad()
+def pair_diff(
+    pair: Any,
+    layer: int | Sequence[int] | None = None,
+    head: int | Sequence[int] | None = None,
+    vocab: WordVocab | None = None,
+    *,
+    k: int = 20,
+    filter: FilterSpec = "embedding",
+    exclude_self: bool = True,
+    fold_norm: bool = True,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Per head, the word pairs whose full QK score tuning raised most, and lowered most.
+
+    For every (query word, key word) pair of the vocabulary and every selected head, the full
+    bilinear score ``x_a^T W_Q W_K^T x_b``
+    (:func:`~shiftlens.lenses.attention.scores.qk_scores`) in base and in tuned, each model
+    with its own embeddings and norm-folded weights; ``delta = tuned - base``. The ``k`` pairs
+    with the largest positive delta are the head's **gained** pairs, the ``k`` with the most
+    negative delta its **lost** pairs (a chunked scan of all ``n_words**2`` pairs). The
+    relatedness filter is bound once, to the base model (as in
+    :func:`verb_shift`); how many of the head's ``k`` largest gains and losses it removed is
+    reported per head (``attrs["funnel"]``) and in one sentence (``attrs["filter_note"]``).
+
+    Args:
+        pair: A :class:`shiftlens.ModelPair`.
+        layer: A layer index, a list of them, or None for every layer.
+        head: A query head index, a list of them, or None for every head.
+        vocab: Word vocabulary (default :func:`shiftlens.vocab.default_vocab`, 5,000 words).
+        k: Gained and lost pairs per head.
+        filter: ``"embedding"`` (bound to base), None or a
+            :class:`~shiftlens.lenses.attention.filters.PairFilter`.
+        exclude_self: Leave out pairs of a word with itself.
+        fold_norm: Fold the attention-input norms' gamma (as the lens does).
+        device: Where the scan runs (default: the base model's input device).
+        progress: Progress bar over layers.
+
+    Returns:
+        One row per (head, change, rank): ``layer, head, change`` (``"gained"`` /
+        ``"lost"``), ``rank`` (0 = largest change), ``q_word, k_word, base, tuned, delta,
+        similarity, q_index, k_index``; only pairs whose score changed in that direction.
+        ``attrs``: ``models``, ``filter``, ``filter_model`` (``"base"``), ``n_words``,
+        ``n_skipped_words``, ``k``, ``funnel`` (per head ``gained_removed``,
+        ``lost_removed``), ``n_removed``, ``filter_reason``, ``filter_note``.
+
+    Raises:
+        ShiftlensError: not a pair, layer or head out of range, bad ``k``, flags, device,
+            vocabulary or filter, NaN or infinite word vectors or weights of an analysed head.
+
+    Example:
+        >>> d = pair_diff(pair, 1, 2, vocab, k=10)  # doctest: +SKIP
+        >>> d[d.change == "gained"].head(3)[["q_word", "k_word", "base", "tuned"]]  # doctest: +SKIP
+    """
+    # validate
+    check_pair(pair, "pair_diff")
+    layers, heads = scope(pair.base, layer, head)
+    k = check_k(k)
+    exclude_self = check_flag("exclude_self", exclude_self)
+    fold_norm = check_flag("fold_norm", fold_norm)
+    progress = check_flag("progress", progress)
+    dev = check_device(device, pair.base)
+    if vocab is None:
+        from shiftlens.vocab import default_vocab
+
+        vocab = default_vocab(pair.tokenizer, DEFAULT_WORDS)
+    check_vocab(vocab, pair.base)
+    E = {}
+    for role, model in pair:
+        E[role] = word_embeddings(model, vocab)
+        check_finite_words(model, E[role], vocab)
+    bound, fname = bind_filter(filter, pair.base, vocab)
+    if callable(getattr(bound, "to", None)):
+        bound = bound.to(dev)
+    n = len(vocab)
+    allowed = allowed_fn(bound, n, dev)
+    words = np.asarray(vocab.words, dtype=object)
+    frames, funnel = [], []
+    # accumulate
+    for lay in tqdm(layers, desc="pair diff", disable=not progress or len(layers) == 1,
+                    leave=False):
+        QK = {}
+        for role, model in pair:
+            W_Q, W_K, km, hs = _layer_weights(model, lay, heads, fold_norm, dev)
+            Er = E[role].to(dev)
+            QK[role] = (torch.einsum("nd,hde->hne", Er, W_Q),
+                        torch.einsum("nd,hde->hne", Er, W_K)[km])
+        (Qb, Kb), (Qt, Kt) = QK["base"], QK["tuned"]
+
+        def delta(s: int, e: int, Qb: Tensor = Qb, Kb: Tensor = Kb, Qt: Tensor = Qt,
+                  Kt: Tensor = Kt) -> Tensor:
+            return Qt[:, s:e] @ Kt.transpose(1, 2) - Qb[:, s:e] @ Kb.transpose(1, 2)
+
+        res = scan_topk(delta, n, len(hs), k, allowed=allowed, exclude_self=exclude_self,
+                        ends=(1, -1), device=dev)
+        removed = {end: n_removed(res[end], bound, n).tolist() for end in (1, -1)}
+        # assemble
+        for end, change in ((1, "gained"), (-1, "lost")):
+            frames.append(_diff_frame(res[end], change, lay, hs, n, words, bound, QK))
+        funnel.extend({"layer": int(lay), "head": int(h), "k": k,
+                       "gained_removed": int(removed[1][i]), "lost_removed": int(removed[-1][i])}
+                      for i, h in enumerate(hs))
+    df = pd.concat(frames, ignore_index=True)
+    df = df.sort_values(["layer", "head", "change", "rank"], key=lambda c: c.map(
+        {"gained": 0, "lost": 1}) if c.name == "change" else c, kind="stable").reset_index(
+        drop=True)
+    reason = filter_reason(bound, fname) if bound is not None else ""
+    total = sum(f["gained_removed"] + f["lost_removed"] for f in funnel)
+    df.attrs.update({
+        "models": dict(pair.names), "filter": fname, "filter_model": "base",
+        "n_words": len(vocab), "n_skipped_words": len(vocab.skipped), "k": k, "funnel": funnel,
+        "n_removed": total, "filter_reason": reason,
+        "filter_note": top_filter_note(fname, reason, total, len(funnel), 2 * k,
+                                       "largest gained and lost")
+        + " Pairs whose score did not change in a direction are not listed.",
+    })
+    return df
+
+
+def _diff_frame(res: dict[str, Tensor], change: str, layer: int, heads: list[int], n: int,
+                words: np.ndarray, bound: Any, QK: dict[str, tuple[Tensor, Tensor]]
+                ) -> pd.DataFrame:
+    idx, val = res["index"], res["value"]
+    ok = (idx >= 0) & ((val > 0) if change == "gained" else (val < 0))
+    h, r = ok.nonzero(as_tuple=True)
+    flat = idx[h, r]
+    a, b = flat // n, flat % n
+    score = {role: (Q[h, a] * K[h, b]).sum(-1).float().cpu().numpy()
+             for role, (Q, K) in QK.items()}
+    ac, bc = a.cpu().numpy(), b.cpu().numpy()
+    return pd.DataFrame({
+        "layer": np.full(len(ac), layer, dtype=np.int64),
+        "head": np.asarray(heads, dtype=np.int64)[h.cpu().numpy()],
+        "change": pd.Series([change] * len(ac), dtype="str"),
+        "rank": r.cpu().numpy().astype(np.int64),
+        "q_word": words[ac],
+        "k_word": words[bc],
+        "base": score["base"],
+        "tuned": score["tuned"],
+        "delta": val[h, r].float().cpu().numpy(),
+        "similarity": pair_similarity(bound, a, b),
+        "q_index": ac.astype(np.int64),
+        "k_index": bc.astype(np.int64),
+    })

@@ -50,6 +50,7 @@ from shiftlens.bridge import device_of, model_name
 from shiftlens.capture import run_hooks_batched
 from shiftlens.checks import (
     check_choice,
+    check_finite,
     check_head,
     check_int,
     check_layer,
@@ -60,7 +61,7 @@ from shiftlens.checks import (
     prompt_id,
 )
 from shiftlens.errors import ShiftlensError
-from shiftlens.lenses.attention.filters import FilterSpec, bind_filter
+from shiftlens.lenses.attention.filters import FilterSpec, bind_filter, filter_reason
 from shiftlens.prompts import (
     RESPONSE,
     SEGMENTS,
@@ -92,6 +93,156 @@ __all__ = [
 QUERIES = ("response", "last")
 #: Vocabulary size of :func:`word_pairs` when no vocabulary is given.
 DEFAULT_WORDS = 5000
+#: What :func:`segment_attention` does with a non-finite mass: raise, or keep the values.
+NONFINITE = ("raise", "keep")
+#: Columns of the tables that record non-finite masses (:meth:`SegmentAttention.nonfinite`).
+NONFINITE_COLUMNS = ("id", "role", "model", "layer", "heads")
+
+
+# ============================================================================ checks
+def check_flag(name: str, value: Any, *, who: str = "") -> bool:
+    """``value`` if it is a bool (``True``/``False``; 1, "yes" or None are refused).
+
+    Example:
+        >>> check_flag("progress", False)
+        False
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        pre = f"{who}: " if who else ""
+        raise ShiftlensError(f"{pre}{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_model(model: Any, who: str) -> Any:
+    """A model (TransformerBridge or weight source): something with ``cfg.n_layers``.
+
+    Example:
+        >>> check_model(None, "word_pairs")
+        Traceback (most recent call last):
+        ...
+        shiftlens.errors.ShiftlensError: word_pairs: model must be a TransformerBridge (or a weight source), got NoneType
+    """
+    cfg = getattr(model, "cfg", None)
+    if cfg is None or getattr(cfg, "n_layers", None) is None or hasattr(model, "tuned"):
+        hint = " (a ModelPair: pass pair.base or pair.tuned)" if hasattr(model, "tuned") else ""
+        raise ShiftlensError(f"{who}: model must be a TransformerBridge (or a weight source), got "
+                             f"{type(model).__name__}{hint}")
+    return model
+
+
+def check_pair(pair: Any, who: str) -> Any:
+    """A :class:`shiftlens.ModelPair` (anything with ``base``, ``tuned``, ``names``, ``cfg``).
+
+    Example:
+        >>> check_pair(None, "verb_shift")
+        Traceback (most recent call last):
+        ...
+        shiftlens.errors.ShiftlensError: verb_shift: pair must be a shiftlens.ModelPair, got NoneType
+    """
+    if not all(hasattr(pair, a) for a in ("base", "tuned", "names", "cfg")):
+        raise ShiftlensError(f"{who}: pair must be a shiftlens.ModelPair, got "
+                             f"{type(pair).__name__}")
+    return pair
+
+
+def check_device(device: Any, model: Any = None) -> torch.device:
+    """``device`` as a usable ``torch.device`` (default: the model's input device).
+
+    Example:
+        >>> check_device("cpu")
+        device(type='cpu')
+    """
+    if device is None:
+        return device_of(model)
+    if not isinstance(device, (str, torch.device)):
+        raise ShiftlensError(f"device must be a string or torch.device, got {device!r}")
+    try:
+        dev = torch.device(device)
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError, ValueError) as e:
+        raise ShiftlensError(f"device {str(device)!r} cannot be used: {e}") from None
+    return dev
+
+
+def nonfinite_cells(mass: Float[Tensor, "prompt layer head segment"], prompt_ids: Sequence[str],
+                    layers: Sequence[int], role: str, model: str) -> pd.DataFrame:
+    """One row per (prompt, layer) whose mass holds a NaN or an infinity.
+
+    Example:
+        >>> m = torch.zeros(2, 1, 3, 5); m[1, 0, 2, 0] = float("nan")
+        >>> nonfinite_cells(m, ["a", "b"], [4], "tuned", "t").to_dict("records")
+        [{'id': 'b', 'role': 'tuned', 'model': 't', 'layer': 4, 'heads': 1}]
+    """
+    bad = ~torch.isfinite(mass).all(-1)  # [prompt, layer, head]
+    p, j = bad.any(-1).nonzero(as_tuple=True)
+    return pd.DataFrame({
+        "id": pd.Series([prompt_ids[i] for i in p.tolist()], dtype="str"),
+        "role": pd.Series([role] * len(p), dtype="str"),
+        "model": pd.Series([model] * len(p), dtype="str"),
+        "layer": np.asarray([layers[i] for i in j.tolist()], dtype=np.int64),
+        "heads": bad.sum(-1)[p, j].numpy().astype(np.int64),
+    })
+
+
+def check_words(name: str, words: Any, *, who: str = "") -> list[str]:
+    """A list of words (strings); a bare string is refused (it is not a list of letters).
+
+    Example:
+        >>> check_words("instruction", ["write", "list"])
+        ['write', 'list']
+    """
+    pre = f"{who}: " if who else ""
+    if isinstance(words, (str, bytes)) or not isinstance(words, (Sequence, set, frozenset,
+                                                                 np.ndarray, pd.Index)):
+        raise ShiftlensError(f"{pre}{name} must be a list of words, got {words!r}"
+                             + (f" (write [{words!r}])" if isinstance(words, str) else ""))
+    out = list(words)
+    bad = [w for w in out if not isinstance(w, str)]
+    if bad:
+        raise ShiftlensError(f"{pre}{name} must hold strings, got {bad[:3]!r}")
+    return out
+
+
+def describe_nonfinite(cells: pd.DataFrame, *, limit: int = 3) -> str:
+    """The non-finite cells in words: per model, the prompts and their layers.
+
+    Example:
+        >>> cells = pd.DataFrame({"id": ["a", "a"], "role": ["tuned"] * 2, "model": ["t"] * 2,
+        ...                       "layer": [2, 3], "heads": [4, 4]})
+        >>> describe_nonfinite(cells)
+        "tuned model 't': prompt 'a' (layers 2, 3)"
+    """
+    parts = []
+    for (role, model), sub in cells.groupby(["role", "model"], sort=False):
+        by_prompt = sub.groupby("id", sort=False)["layer"].apply(list)
+        items = [f"prompt {pid!r} (layer{'s' if len(ls) > 1 else ''} "
+                 f"{', '.join(str(x) for x in sorted(ls))})"
+                 for pid, ls in list(by_prompt.items())[:limit]]
+        more = len(by_prompt) - limit
+        who = f"model {model!r}" if role == "model" else f"{role} model {model!r}"
+        parts.append(f"{who}: " + ", ".join(items)
+                     + (f" and {more} more prompt{'s' if more > 1 else ''}" if more > 0 else ""))
+    return "; ".join(parts)
+
+
+def nonfinite_message(cells: pd.DataFrame, n_prompts: int, who: str = "") -> str:
+    """The error for non-finite attention masses: models, prompts, layers, and what to check.
+
+    Example:
+        >>> cells = pd.DataFrame({"id": ["a"], "role": ["tuned"], "model": ["t"], "layer": [2],
+        ...                       "heads": [4]})
+        >>> nonfinite_message(cells, 5).split(":")[0]
+        'non-finite attention mass for 1 of 5 prompts'
+    """
+    n_bad = cells["id"].nunique()
+    first = cells.iloc[0]
+    pre = f"{who}: " if who else ""
+    role = "" if first["role"] == "model" else f"{first['role']} "
+    return (f"{pre}non-finite attention mass for {n_bad} of {n_prompts} prompts: "
+            f"{describe_nonfinite(cells)}. First: {role}model {first['model']!r}, "
+            f"prompt {first['id']!r}, layer {int(first['layer'])}. NaN or infinite weights "
+            "(edited after loading: shiftlens.bridge.check_finite_weights names them) or an "
+            "activation overflow (float16: load the models in float32)?")
 
 
 # ============================================================================ activation view
@@ -119,6 +270,23 @@ class SegmentAttention:
     used_last: list[bool]
     prompt_ids: list[str]
     model_name: str
+
+    def nonfinite(self, role: str = "model") -> pd.DataFrame:
+        """Where the mass is NaN or infinite: one row per (prompt, layer).
+
+        Args:
+            role: Written in the ``role`` column (``"base"`` / ``"tuned"`` in a pair).
+
+        Returns:
+            Columns ``id, role, model, layer, heads`` (``heads``: how many of the layer's heads
+            have a non-finite mass for that prompt); empty when every value is finite.
+
+        Example:
+            >>> sa = SegmentAttention(torch.zeros(1, 1, 2, 5), [0], [False], ["a"], "m")
+            >>> len(sa.nonfinite())
+            0
+        """
+        return nonfinite_cells(self.mass, self.prompt_ids, self.layers, role, self.model_name)
 
 
 def _query_groups(model: Any, prompts: list[InstructionPrompt], query: str
@@ -153,6 +321,7 @@ def segment_attention(
     layers: Sequence[int] | None = None,
     batch_size: int = 8,
     progress: bool = True,
+    nonfinite: str = "raise",
 ) -> SegmentAttention:
     """Attention mass of the query positions on each key segment, for one model.
 
@@ -171,12 +340,18 @@ def segment_attention(
         layers: Layers to read (default: all; sorted, duplicates dropped).
         batch_size: Prompts per forward pass.
         progress: Show progress bars.
+        nonfinite: What a NaN or infinite mass does (weights edited after loading, an fp16
+            overflow): ``"raise"`` (default) a :class:`ShiftlensError` naming the model, the
+            prompts and the layers; ``"keep"`` returns the values as they are (see
+            :meth:`SegmentAttention.nonfinite`; :func:`~shiftlens.lenses.attention.compare.
+            instruction_attention` uses it to exclude and record such prompts).
 
     Returns:
         A :class:`SegmentAttention` with ``mass[prompt, layer, head, segment]`` (CPU).
 
     Raises:
-        ShiftlensError: unknown query, no prompts, a layer out of range.
+        ShiftlensError: unknown query, no prompts, a layer out of range, a bad ``batch_size``
+            or ``progress``, a non-finite mass (with ``nonfinite="raise"``).
 
     Example:
         >>> sa = segment_attention(pair.base, default_prompts()[:4])  # doctest: +SKIP
@@ -184,10 +359,13 @@ def segment_attention(
         torch.Size([4, 2, 4, 5])
     """
     check_choice("query", query, QUERIES)
+    check_choice("nonfinite", nonfinite, NONFINITE)
+    check_model(model, "segment_attention")
     name = model_name(model)
     prompts = check_prompts(prompts, who=repr(name))
     layers = sorted(check_layers(model, layers))
     batch_size = check_int("batch_size", batch_size, minimum=1)
+    progress = check_flag("progress", progress)
     hooks = [f"blocks.{layer}.attn.hook_pattern" for layer in layers]
     mass = torch.full((len(prompts), len(layers), int(model.cfg.n_heads), len(SEGMENTS)),
                       float("nan"))
@@ -206,13 +384,18 @@ def segment_attention(
         if reduce == "last":
             for i in idx:
                 used_last[i] = True
-    return SegmentAttention(
+    out = SegmentAttention(
         mass=mass,
         layers=layers,
         used_last=used_last,
         prompt_ids=[prompt_id(p, i) for i, p in enumerate(prompts)],
         model_name=name,
     )
+    if nonfinite == "raise":
+        bad = out.nonfinite()
+        if len(bad):
+            raise ShiftlensError(nonfinite_message(bad, len(prompts)))
+    return out
 
 
 # ============================================================================ weight view
@@ -253,6 +436,13 @@ class LayerPairs:
         q_act, k_act: Their activations ``Q[q_word, dim]``, ``K[k_word, dim]`` (same sign).
         energy: ``[head, d_head]`` energy sum_w Q^2 + sum_w K^2 of every dimension.
         top_dims: ``[head, n_top]`` the selected dimensions, highest energy first.
+        n_candidates: Per head, the candidate pairs looked at (``n_top * top_k**2``).
+        n_self: Per head, candidates of a word with itself (dropped with ``exclude_self``).
+        n_opposite_sign: Per head, the other candidates whose ``Q * K <= 0`` (dropped: they do
+            not raise the attention logit).
+        n_unrelated: Per head, the remaining same-sign candidates the relatedness filter
+            dropped (0 without a filter). The kept pairs are ``n_candidates - n_self -
+            n_opposite_sign - n_unrelated`` (:attr:`n_kept`).
 
     Example:
         >>> lp = qk_word_pairs(torch.randn(40, 8), torch.randn(2, 8, 4), torch.randn(2, 8, 4),
@@ -270,11 +460,20 @@ class LayerPairs:
     k_act: Float[Tensor, " n"]
     energy: Float[Tensor, "head d_head"]
     top_dims: Int[Tensor, "head n_top"]
+    n_candidates: Int[Tensor, " head"] | None = None
+    n_self: Int[Tensor, " head"] | None = None
+    n_opposite_sign: Int[Tensor, " head"] | None = None
+    n_unrelated: Int[Tensor, " head"] | None = None
 
     @property
     def score(self) -> Float[Tensor, " n"]:
         """``q_act * k_act``: the pair's contribution to the attention logit in that dim."""
         return self.q_act * self.k_act
+
+    @property
+    def n_kept(self) -> Int[Tensor, " head"]:
+        """Per head, the pairs kept."""
+        return torch.bincount(self.head, minlength=int(self.energy.shape[0]))
 
     def to(self, device: str | torch.device) -> LayerPairs:
         """Every tensor on ``device``.
@@ -282,12 +481,15 @@ class LayerPairs:
         Example:
             >>> lp.to("cpu")  # doctest: +SKIP
         """
-        return LayerPairs(*(getattr(self, f).to(device) for f in (
-            "head", "dim", "dim_rank", "q_word", "k_word", "q_act", "k_act", "energy",
-            "top_dims")))
+        return LayerPairs(*(None if getattr(self, f) is None else getattr(self, f).to(device)
+                            for f in _LP_FIELDS))
 
     def __len__(self) -> int:
         return int(self.head.shape[0])
+
+
+_LP_FIELDS = ("head", "dim", "dim_rank", "q_word", "k_word", "q_act", "k_act", "energy",
+              "top_dims", "n_candidates", "n_self", "n_opposite_sign", "n_unrelated")
 
 
 def _kv_map(n_q: int, n_k: int, device: torch.device) -> Int[Tensor, " head"]:
@@ -326,6 +528,42 @@ def _check_sizes(top_dims: Any, top_k: Any) -> None:
     if top_dims is not None:
         check_int("top_dims", top_dims, minimum=1)
     check_int("top_k", top_k, minimum=1)
+
+
+def _check_qk_tensors(E: Any, W_Q: Any, W_K: Any, kv_map: Any) -> None:
+    """Shapes and finiteness of the tensors of :func:`qk_word_pairs` (named errors)."""
+    for name, x, nd in (("E", E, 2), ("W_Q", W_Q, 3), ("W_K", W_K, 3)):
+        if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() != nd:
+            shape = list(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ShiftlensError(f"{name} must be a float tensor with {nd} dimensions, got {shape}")
+    if W_Q.shape[1] != E.shape[1] or W_K.shape[1] != E.shape[1]:
+        raise ShiftlensError(f"d_model differs: E {list(E.shape)}, W_Q {list(W_Q.shape)}, W_K "
+                             f"{list(W_K.shape)}")
+    if W_K.shape[2] != W_Q.shape[2]:
+        raise ShiftlensError(f"d_head differs: W_Q {list(W_Q.shape)}, W_K {list(W_K.shape)}")
+    if kv_map is not None:
+        if (not isinstance(kv_map, Tensor) or kv_map.is_floating_point()
+                or kv_map.dtype == torch.bool or list(kv_map.shape) != [W_Q.shape[0]]):
+            raise ShiftlensError(f"kv_map must be an integer tensor with one key head per query "
+                                 f"head ({W_Q.shape[0]}), got {kv_map!r}")
+        if kv_map.numel() and (int(kv_map.min()) < 0 or int(kv_map.max()) >= W_K.shape[0]):
+            raise ShiftlensError(f"kv_map points outside the {W_K.shape[0]} key heads: "
+                                 f"{kv_map.tolist()}")
+    for name, x in (("E", E), ("W_Q", W_Q), ("W_K", W_K)):
+        check_finite(x, what=f"qk_word_pairs: {name}")
+
+
+def _mask(out: Any, shape: Any, device: torch.device) -> Tensor:
+    """A filter's answer as a bool mask of ``shape`` (a named error otherwise)."""
+    try:
+        m = torch.as_tensor(out)
+    except (TypeError, ValueError, RuntimeError):
+        m = None
+    if m is None or tuple(m.shape) != tuple(shape):
+        got = tuple(m.shape) if m is not None else type(out).__name__
+        raise ShiftlensError(f"the pair filter answered {got} for {tuple(shape)} word pairs: it "
+                             "must return one True/False per pair")
+    return m.to(device=device, dtype=torch.bool)
 
 
 def _candidates(E: Tensor, W_Q: Tensor, W_K: Tensor, km: Tensor, T: int, k: int,
@@ -392,6 +630,11 @@ def qk_word_pairs(
         torch.Size([2, 2])
     """
     _check_sizes(top_dims, top_k)
+    exclude_self = check_flag("exclude_self", exclude_self)
+    _check_qk_tensors(E, W_Q, W_K, kv_map)
+    if pair_filter is not None and not callable(pair_filter):
+        raise ShiftlensError(f"pair_filter must be callable (a bound filter), got "
+                             f"{type(pair_filter).__name__}")
     n = E.shape[0]
     if n == 0:
         raise ShiftlensError("empty vocabulary: no word vectors")
@@ -401,24 +644,32 @@ def qk_word_pairs(
     T = e if top_dims is None else min(top_dims, e)
     k = min(top_k, n)
     energy, dims, qi, ki, qa, ka, keep = _candidates(E, W_Q, W_K, km, T, k, exclude_self)
+    same = (qa[..., :, None] * ka[..., None, :]) > 0
+    selfp = (qi[..., :, None] == ki[..., None, :]) if exclude_self else torch.zeros_like(same)
+    n_self = selfp.flatten(1).sum(1)
+    n_opp = (~same & ~selfp).flatten(1).sum(1)
+    n_same = keep.flatten(1).sum(1)
     blockwise = pair_filter is not None and callable(getattr(pair_filter, "block", None))
     if blockwise:  # all k x k combinations of each (head, dim) at once, heads in chunks
         step = max(1, int(2**24 // max(1, T * k * max(1, E.shape[1]))))
         for s in range(0, H, step):
-            keep[s : s + step] &= pair_filter.block(qi[s : s + step], ki[s : s + step]).to(
-                device=dev, dtype=torch.bool)
+            keep[s : s + step] &= _mask(pair_filter.block(qi[s : s + step], ki[s : s + step]),
+                                        keep[s : s + step].shape, dev)
     h, t, i, j = keep.nonzero(as_tuple=True)
     qw, kw = qi[h, t, i], ki[h, t, j]
     if pair_filter is not None and not blockwise and h.numel():
-        ok = pair_filter(qw, kw).to(device=dev, dtype=torch.bool)
+        ok = _mask(pair_filter(qw, kw), qw.shape, dev)
         h, t, i, j, qw, kw = h[ok], t[ok], i[ok], j[ok], qw[ok], kw[ok]
     q_act, k_act = qa[h, t, i], ka[h, t, j]
     order = torch.argsort(q_act * k_act, descending=True, stable=True)
     order = order[torch.argsort(h[order], stable=True)]
     h, t, qw, kw, q_act, k_act = h[order], t[order], qw[order], kw[order], q_act[order], k_act[order]
+    kept = torch.bincount(h, minlength=H)
     return LayerPairs(
         head=h, dim=dims[h, t], dim_rank=t, q_word=qw, k_word=kw, q_act=q_act, k_act=k_act,
         energy=energy, top_dims=dims,
+        n_candidates=torch.full((H,), T * k * k, dtype=torch.long, device=dev),
+        n_self=n_self, n_opposite_sign=n_opp, n_unrelated=n_same - kept,
     )
 
 
@@ -426,20 +677,46 @@ def qk_word_pairs(
 layer_word_pairs = qk_word_pairs
 
 
-def _scope(model: Any, layer: Any, head: Any) -> tuple[list[int], list[int] | None]:
-    """Layers (sorted) and heads (in the given order, duplicates dropped; None = all)."""
-    if isinstance(layer, (int, np.integer)) and not isinstance(layer, bool):
+def _is_index(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _is_list(x: Any) -> bool:
+    return isinstance(x, (Sequence, np.ndarray, range)) and not isinstance(x, (str, bytes))
+
+
+def scope(model: Any, layer: Any, head: Any) -> tuple[list[int], list[int] | None]:
+    """Layers (sorted) and heads (in the given order, duplicates dropped; None = all).
+
+    ``layer`` and ``head`` are an index, a list of indices or None; bools, floats and strings
+    are refused (``True`` is not layer 1).
+
+    Example:
+        >>> scope(pair.base, [1, 0], 2)  # doctest: +SKIP
+        ([0, 1], [2])
+    """
+    who = repr(model_name(model))
+    if _is_index(layer):
         layers = [check_layer(model, layer)]
-    else:
+    elif layer is None or _is_list(layer):
         layers = sorted(check_layers(model, layer))
+    else:
+        raise ShiftlensError(f"{who}: layer must be a layer index, a list of them or None, got "
+                             f"{layer!r}")
     if head is None:
         return layers, None
-    if isinstance(head, (int, np.integer)) and not isinstance(head, bool):
+    if _is_index(head):
         head = [head]
+    elif not _is_list(head):
+        raise ShiftlensError(f"{who}: head must be a head index, a list of them or None, got "
+                             f"{head!r}")
     heads = list(dict.fromkeys(check_head(model, layers[0], h) for h in head))
     if not heads:
-        raise ShiftlensError(f"{model_name(model)!r}: empty list of heads for layer {layers[0]}")
+        raise ShiftlensError(f"{who}: empty list of heads for layer {layers[0]}")
     return layers, heads
+
+
+_scope = scope
 
 
 def _layer_weights(model: Any, layer: int, heads: list[int] | None, fold_norm: bool,
@@ -448,6 +725,7 @@ def _layer_weights(model: Any, layer: int, heads: list[int] | None, fold_norm: b
     W_Q, W_K = qk_weights(model, layer, fold_norm=fold_norm)  # CPU, K expanded per query head
     n_heads = W_Q.shape[0]
     hs = list(range(n_heads)) if heads is None else heads
+    check_finite_heads(model, layer, hs, W_Q, W_K)
     n_kv = int(getattr(model.cfg, "n_key_value_heads", None) or n_heads)
     g = n_heads // n_kv if n_kv and n_heads % n_kv == 0 else 1
     group = [hd // g for hd in hs]
@@ -455,6 +733,74 @@ def _layer_weights(model: Any, layer: int, heads: list[int] | None, fold_norm: b
     W_K_u = torch.stack([W_K[u * g] for u in uniq])
     km = torch.tensor([uniq.index(x) for x in group], dtype=torch.long, device=device)
     return W_Q[hs].to(device), W_K_u.to(device), km, hs
+
+
+def check_finite_heads(model: Any, layer: int, heads: Sequence[int],
+                       W_Q: Float[Tensor, "head d_model d_head"],
+                       W_K: Float[Tensor, "head d_model d_head"]) -> None:
+    """Refuse NaN/infinite folded W_Q / W_K (one per query head) of the heads analysed.
+
+    Example:
+        >>> check_finite_heads(pair.base, 0, [0], *qk_weights(pair.base, 0))  # doctest: +SKIP
+    """
+    for name, W in (("W_Q", W_Q), ("W_K", W_K)):
+        bad = ~torch.isfinite(W[list(heads)]).flatten(1).all(-1)
+        if bool(bad.any()):
+            hs = [heads[i] for i in bad.nonzero().flatten().tolist()]
+            raise ShiftlensError(
+                f"{model_name(model)!r}: layer {layer}: the folded {name} of head"
+                f"{'s' if len(hs) > 1 else ''} {', '.join(map(str, hs))} holds non-finite "
+                "values (NaN/inf in q_proj/k_proj or the attention-input norm; weights edited "
+                "after loading?): no word pair can be ranked over them")
+
+
+def check_finite_words(model: Any, E: Float[Tensor, "n_words d_model"], vocab: WordVocab) -> None:
+    """Refuse word vectors with a NaN or an infinity, naming the words and their tokens.
+
+    Example:
+        >>> check_finite_words(pair.base, word_embeddings(pair.base, vocab), vocab)  # doctest: +SKIP
+    """
+    bad = (~torch.isfinite(E).all(-1)).nonzero().flatten().tolist()
+    if bad:
+        first = [f"{vocab.words[i]!r} (token ids {list(vocab.token_ids[i])})" for i in bad[:3]]
+        raise ShiftlensError(
+            f"{model_name(model)!r}: the input embedding is non-finite for {len(bad)} of "
+            f"{len(vocab)} vocabulary words: {', '.join(first)}"
+            f"{' ...' if len(bad) > 3 else ''} (weights edited after loading?); no word pair "
+            "can be ranked over them")
+
+
+def funnel_totals(funnel: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Sums of the per-head candidate counts of :func:`word_pairs` (``df.attrs["funnel"]``).
+
+    Example:
+        >>> funnel_totals([{"candidates": 10, "self": 1, "opposite_sign": 4, "unrelated": 3,
+        ...                 "kept": 2}])
+        {'candidates': 10, 'self': 1, 'opposite_sign': 4, 'unrelated': 3, 'kept': 2}
+    """
+    keys = ("candidates", "self", "opposite_sign", "unrelated", "kept")
+    return {k: int(sum(int(f[k]) for f in funnel)) for k in keys}
+
+
+def filter_note(name: str, reason: str, totals: dict[str, int], *, what: str = "") -> str:
+    """One sentence: how many same-sign candidate pairs the relatedness filter dropped, and why.
+
+    Example:
+        >>> filter_note("none", "", {"candidates": 10, "self": 0, "opposite_sign": 4,
+        ...             "unrelated": 0, "kept": 6})
+        'No relatedness filter: all 6 same-sign candidate pairs are kept (4 of 10 candidates dropped for opposite signs).'
+    """
+    same = totals["unrelated"] + totals["kept"]
+    tail = f"{totals['opposite_sign']:,} of {totals['candidates']:,} candidates dropped for " \
+           "opposite signs" + (f", {totals['self']:,} as a word with itself" if totals["self"]
+                               else "")
+    w = f" {what}" if what else ""
+    if name == "none":
+        return (f"No relatedness filter{w}: all {same:,} same-sign candidate pairs are kept "
+                f"({tail}).")
+    pct = f" ({totals['unrelated'] / same:.0%})" if same else ""
+    return (f"The relatedness filter {name}{w} dropped {totals['unrelated']:,} of {same:,} "
+            f"same-sign candidate pairs{pct} because {reason}; {totals['kept']:,} kept ({tail}).")
 
 
 def _pairs_frame(
@@ -545,10 +891,17 @@ def word_pairs(
         ``layer, head, rank, dim, dim_rank, energy, q_word, k_word, q_act, k_act, score,
         similarity, q_index, k_index`` (``score = q_act * k_act``, ``similarity`` from the
         filter when it has one); ``df.attrs`` records the model, the filter, the vocabulary
-        size and the number of skipped words.
+        size, the number of skipped words, and what was dropped: ``attrs["funnel"]`` (per
+        head: ``candidates``, ``self``, ``opposite_sign``, ``unrelated`` (dropped by the
+        relatedness filter), ``kept``), their sums ``attrs["counts"]``, the filter's reason
+        ``attrs["filter_reason"]`` and one sentence ``attrs["filter_note"]`` ("The
+        relatedness filter ... dropped 1,234 of 1,500 same-sign candidate pairs because ...").
 
     Raises:
-        ShiftlensError: layer or head out of range, empty vocabulary, bad sizes or filter.
+        ShiftlensError: layer or head out of range (an index, a list of them or None; bools
+            are not indices), empty vocabulary, bad sizes, flags, device or filter, NaN or
+            infinite word vectors or W_Q / W_K of an analysed head (naming model, layer, head
+            or word).
 
     Example:
         >>> from shiftlens.vocab import default_vocab
@@ -556,29 +909,48 @@ def word_pairs(
         >>> word_pairs(model, 3, 7, vocab).head()[["q_word", "k_word", "score"]]  # doctest: +SKIP
         >>> every_head = word_pairs(model, vocab=vocab)  # doctest: +SKIP
     """
-    layers, heads = _scope(model, layer, head)
+    check_model(model, "word_pairs")
+    layers, heads = scope(model, layer, head)
+    _check_sizes(top_dims, top_k)
+    exclude_self = check_flag("exclude_self", exclude_self)
+    fold_norm = check_flag("fold_norm", fold_norm)
+    progress = check_flag("progress", progress)
+    dev = check_device(device, model)
     if vocab is None:
         from shiftlens.vocab import default_vocab
 
         vocab = default_vocab(model.tokenizer, DEFAULT_WORDS)
     check_vocab(vocab, model)
-    _check_sizes(top_dims, top_k)
-    dev = torch.device(device) if device is not None else device_of(model)
+    E = word_embeddings(model, vocab)
+    check_finite_words(model, E, vocab)
     bound, fname = bind_filter(filter, model, vocab, bound_filter)
     if callable(getattr(bound, "to", None)):
         bound = bound.to(dev)
-    E = word_embeddings(model, vocab).to(dev)
-    frames = []
+    E = E.to(dev)
+    frames, funnel = [], []
     for lay in tqdm(layers, desc=f"word pairs {model_name(model)}",
                     disable=not progress or len(layers) == 1, leave=False):
         W_Q, W_K, km, hs = _layer_weights(model, lay, heads, fold_norm, dev)
         lp = qk_word_pairs(E, W_Q, W_K, top_dims=top_dims, top_k=top_k, pair_filter=bound,
                            exclude_self=exclude_self, kv_map=km)
         frames.append(_pairs_frame(lp, lay, hs, vocab, bound))
+        funnel.extend(_funnel_rows(lp, lay, hs))
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    reason = filter_reason(bound, fname) if bound is not None else ""
+    totals = funnel_totals(funnel)
     df.attrs.update({"model": model_name(model), "filter": fname, "n_words": len(vocab),
-                     "n_skipped_words": len(vocab.skipped)})
+                     "n_skipped_words": len(vocab.skipped), "funnel": funnel,
+                     "counts": totals, "filter_reason": reason,
+                     "filter_note": filter_note(fname, reason, totals)})
     return df
+
+
+def _funnel_rows(lp: LayerPairs, layer: int, heads: list[int]) -> list[dict[str, Any]]:
+    kept = lp.n_kept.cpu().tolist()
+    cols = {c: getattr(lp, f"n_{c}").cpu().tolist()
+            for c in ("candidates", "self", "opposite_sign", "unrelated")}
+    return [{"layer": int(layer), "head": int(h), **{c: int(v[i]) for c, v in cols.items()},
+             "kept": int(kept[i])} for i, h in enumerate(heads)]
 
 
 def word_pairs_layer(model: Any, layer: int, vocab: WordVocab, *,
@@ -634,6 +1006,14 @@ def pair_word_counts(
         {'layer': 0, 'head': 1, 'word': 'poem', 'count': 1}
     """
     min_dims = check_int("min_dims", min_dims, minimum=1)
+    if not isinstance(pairs, pd.DataFrame):
+        raise ShiftlensError(f"pair_word_counts: pairs must be a DataFrame from word_pairs, got "
+                             f"{type(pairs).__name__}")
+    need = [c for c in ("layer", "head", "dim", "q_word", "k_word") if c not in pairs.columns]
+    if need:
+        raise ShiftlensError(f"pair_word_counts: pairs lacks the columns {need}")
+    if words is not None:
+        words = check_words("words", words)
     cols = ["layer", "head", "word", "count"]
     if len(pairs) == 0:
         return pd.DataFrame({c: pd.Series(dtype=object if c == "word" else np.int64)

@@ -21,6 +21,7 @@ returned on the device of the indices.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -44,6 +45,7 @@ __all__ = [
     "FilterSpec",
     "resolve_filter",
     "bind_filter",
+    "filter_reason",
 ]
 
 #: What the ``filter=`` argument accepts: ``"embedding"``, ``None`` / ``"none"`` or a PairFilter.
@@ -100,6 +102,8 @@ class CosineThreshold:
         unit: Unit-norm word vectors (zero rows for words without a vector).
         threshold: Per-word threshold (``inf`` for words without a vector).
         name: Description (recorded in results).
+        z: The ``z`` of the rule (NaN when unknown).
+        n_baseline: Baseline words the thresholds were computed against.
 
     Example:
         >>> ct = cosine_threshold(torch.eye(3)[[0, 0, 1, 2]] + 0.01, z=0.5)  # words 0, 1 alike
@@ -110,6 +114,8 @@ class CosineThreshold:
     unit: Float[Tensor, "n_words d"]
     threshold: Float[Tensor, " n_words"]
     name: str = "cosine"
+    z: float = float("nan")
+    n_baseline: int = 0
 
     def to(self, device: str | torch.device) -> CosineThreshold:
         """The same filter with its vectors on ``device``.
@@ -118,7 +124,22 @@ class CosineThreshold:
             >>> cosine_threshold(torch.randn(5, 3)).to("cpu").unit.device
             device(type='cpu')
         """
-        return CosineThreshold(self.unit.to(device), self.threshold.to(device), self.name)
+        return CosineThreshold(self.unit.to(device), self.threshold.to(device), self.name,
+                               self.z, self.n_baseline)
+
+    @property
+    def reason(self) -> str:
+        """Why the rule drops a pair, in words (the sentences of the word-pair results quote it).
+
+        Example:
+            >>> cosine_threshold(torch.randn(5, 3), z=2.0).reason
+            "the two words' cosine similarity was not above mean + 2 sd of each word's cosines to the 5 baseline words"
+        """
+        z = f"{self.z:g}" if math.isfinite(self.z) else "z"
+        missing = int(torch.isinf(self.threshold).sum())
+        return ("the two words' cosine similarity was not above mean + "
+                f"{z} sd of each word's cosines to the {self.n_baseline:,} baseline words"
+                + (f" ({missing:,} words have no vector and never pass)" if missing else ""))
 
     def similarity(self, q_word: Int[Tensor, " n"], k_word: Int[Tensor, " n"]) -> Float[Tensor, " n"]:
         """Cosine similarity of the pairs' vectors (on the device of ``q_word``).
@@ -192,12 +213,28 @@ def cosine_threshold(
     """
     z = check_float("z", z)
     chunk = check_int("chunk", chunk, minimum=1)
+    n_baseline = check_int("n_baseline", n_baseline, minimum=2)
+    if not isinstance(vectors, Tensor) or vectors.dim() != 2 or not (
+            vectors.is_floating_point() or vectors.dtype in (torch.int32, torch.int64)):
+        shape = list(vectors.shape) if isinstance(vectors, Tensor) else type(vectors).__name__
+        raise ShiftlensError(f"cosine_threshold: vectors must be a [n_words, d] tensor, got {shape}")
     V = vectors.detach().float()
     n, dev = V.shape[0], V.device
     has = (torch.ones(n, dtype=torch.bool, device=dev) if has_vector is None
-           else has_vector.to(device=dev, dtype=torch.bool))
+           else torch.as_tensor(has_vector).to(device=dev, dtype=torch.bool))
+    if tuple(has.shape) != (n,):
+        raise ShiftlensError(f"cosine_threshold: has_vector must hold one flag per word ({n}), "
+                             f"got shape {tuple(has.shape)}")
+    bad = (~torch.isfinite(V).all(-1) & has).nonzero().flatten().tolist()
+    if bad:
+        raise ShiftlensError(f"cosine_threshold: {len(bad)} word vectors hold NaN or infinite "
+                             f"values (first rows {bad[:5]}); the relatedness rule cannot use them")
     unit = torch.nn.functional.normalize(V, dim=-1) * has[:, None]
-    base = torch.nonzero(has).squeeze(-1)[: max(0, int(n_baseline))]
+    base = torch.nonzero(has).squeeze(-1)[:n_baseline]
+    if base.numel() < 2:
+        raise ShiftlensError(
+            f"cosine_threshold: {base.numel()} baseline word(s) with a vector; the mean + z sd "
+            "rule needs at least 2 (every pair would be dropped)")
     thr = torch.full((n,), float("inf"), device=dev)
     if base.numel() >= 2:
         # mean and variance of cos(w, b) over the baseline without the n x b matrix:
@@ -215,7 +252,8 @@ def cosine_threshold(
             m2 = (((U @ G) * U).sum(1) - own * sq**2) / cnt
             thr[s : s + chunk] = (m + z * (m2 - m**2).clamp(min=0).sqrt()).float()
     thr = torch.where(has, thr, torch.full_like(thr, float("inf")))
-    return CosineThreshold(unit=unit, threshold=thr, name=name)
+    return CosineThreshold(unit=unit, threshold=thr, name=str(name), z=z,
+                           n_baseline=int(base.numel()))
 
 
 class EmbeddingFilter:
@@ -238,7 +276,7 @@ class EmbeddingFilter:
 
     def __init__(self, *, z: float = 1.96, n_baseline: int = 3000) -> None:
         self.z = check_float("z", z)
-        self.n_baseline = check_int("n_baseline", n_baseline, minimum=0)
+        self.n_baseline = check_int("n_baseline", n_baseline, minimum=2)
 
     def __repr__(self) -> str:
         return f"EmbeddingFilter(z={self.z}, n_baseline={self.n_baseline})"
@@ -284,19 +322,33 @@ class VectorFilter:
     ) -> None:
         if isinstance(vectors, Mapping):
             words, mat = list(vectors.keys()), [vectors[w] for w in vectors]
-        else:
+        elif isinstance(vectors, tuple) and len(vectors) == 2:
             words, mat = list(vectors[0]), vectors[1]
-        M = torch.as_tensor(np.asarray(mat, dtype=np.float32))
+        else:
+            raise ShiftlensError(f"VectorFilter: vectors must be {{word: vector}} or (words, "
+                                 f"matrix), got {type(vectors).__name__}")
+        bad_words = [w for w in words if not isinstance(w, str)]
+        if bad_words:
+            raise ShiftlensError(f"VectorFilter: words must be strings, got {bad_words[:3]!r}")
+        try:
+            M = torch.as_tensor(np.asarray(mat, dtype=np.float32))
+        except (TypeError, ValueError) as e:
+            raise ShiftlensError(f"VectorFilter: expected {len(words)} numeric vectors of equal "
+                                 f"length ({e})") from None
         if M.dim() != 2 or M.shape[0] != len(words):
             raise ShiftlensError(
                 f"VectorFilter: expected {len(words)} vectors of equal length, got shape "
                 f"{tuple(M.shape)}"
             )
+        bad = (~torch.isfinite(M).all(-1)).nonzero().flatten().tolist()
+        if bad:
+            raise ShiftlensError(f"VectorFilter: the vectors of {len(bad)} words hold NaN or "
+                                 f"infinite values: {[words[i] for i in bad[:5]]}")
         self.index = {w: i for i, w in enumerate(words)}
         self.matrix = M
         self.dim = int(M.shape[1])
         self.z = check_float("z", z)
-        self.n_baseline = check_int("n_baseline", n_baseline, minimum=0)
+        self.n_baseline = check_int("n_baseline", n_baseline, minimum=2)
         self.name = name
 
     def __repr__(self) -> str:
@@ -368,8 +420,28 @@ def bind_filter(filter: FilterSpec, model: Any, vocab: WordVocab,
         (None, 'none')
     """
     if bound is not None:
+        if not callable(bound):
+            raise ShiftlensError(f"bound_filter must be a bound filter (callable on word "
+                                 f"indices), got {type(bound).__name__}")
         return bound, str(getattr(bound, "name", type(bound).__name__))
     f = resolve_filter(filter)
     if f is None:
         return None, "none"
-    return f.bind(model, vocab), repr(f)
+    b = f.bind(model, vocab)
+    if not callable(b):
+        raise ShiftlensError(f"filter {f!r}: bind() returned a {type(b).__name__}, not a "
+                             "callable bound filter (see BoundFilter)")
+    return b, repr(f)
+
+
+def filter_reason(bound: Any, name: str) -> str:
+    """Why a bound filter drops a pair, in words: its ``reason`` when it has one.
+
+    Example:
+        >>> filter_reason(lambda q, k: q == k, "mine")
+        'the filter mine rejected them'
+    """
+    r = getattr(bound, "reason", None)
+    if isinstance(r, str) and r:
+        return r
+    return f"the filter {name} rejected them"

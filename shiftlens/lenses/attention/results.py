@@ -10,13 +10,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from shiftlens.errors import ShiftlensError
 from shiftlens.prompts import INSTRUCTION, SEGMENTS
 from shiftlens.result import Result
-from shiftlens.stats import layer_groups, paired_test
+from shiftlens.stats import change_sentence, fmt_number, layer_groups, paired_test, test_label
 
 __all__ = ["ROLES", "InstructionAttentionResult", "VerbShiftResult"]
 
@@ -27,6 +28,8 @@ _TEST_COLUMNS = ("rank", "layer", "head", "base", "tuned", "delta", "t", "p", "d
                  "ci_high", "n", "p_holm", "p_bh")
 _COUNT_COLUMNS = ("layer", "head", "group", "verb_set", "verb", "base", "tuned")
 _VERB_COLUMNS = ("group", "verb_set", "verb", "n_heads", "rose", "fell", "ties", "fraction_rose")
+_FUNNEL_COLUMNS = ("role", "layer", "head", "candidates", "self", "opposite_sign", "unrelated",
+                   "kept")
 _VERB_TEST_COLUMNS = ("group", "mean_instruction", "mean_general", "diff", "sd_instruction",
                       "sd_general", "n_instruction", "n_general", "t", "p", "df", "ci_low",
                       "ci_high")
@@ -42,6 +45,37 @@ def _need_columns(frame: Any, columns: tuple[str, ...], what: str) -> None:
 
 def _py(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
+
+
+_NONFINITE_COLUMNS = ("id", "role", "model", "layer", "heads")
+
+
+def _empty_nonfinite() -> pd.DataFrame:
+    return pd.DataFrame({
+        "id": pd.Series(dtype="str"), "role": pd.Series(dtype="str"),
+        "model": pd.Series(dtype="str"), "layer": pd.Series(dtype=np.int64),
+        "heads": pd.Series(dtype=np.int64)})
+
+
+def _verb_verdict(diff: float, p: float, alternative: str, alpha: float) -> str:
+    """Which verb set rose in more heads, and whether the test says so, in words."""
+    d, pv = float(diff), float(p)
+    if not np.isfinite(d):
+        return "not comparable (a verb set has no verb whose count changed)"
+    if d == 0:
+        return "equal"
+    word = "higher for instruction verbs" if d > 0 else "higher for general verbs"
+    if not np.isfinite(pv):
+        return f"{word}, not testable (fewer than two verbs with a change in a set)"
+    if (alternative == "greater" and d < 0) or (alternative == "less" and d > 0):
+        return f"{word} (the one-sided test looked for the opposite direction)"
+    return f"{word}, {'significantly' if pv < alpha else 'not significantly'}"
+
+
+def _describe_nonfinite(cells: pd.DataFrame) -> str:
+    from shiftlens.lenses.attention.core import describe_nonfinite
+
+    return describe_nonfinite(cells)
 
 
 @dataclass(eq=False, repr=False)
@@ -60,6 +94,9 @@ class InstructionAttentionResult(Result):
         tests: One row per head: mean instruction mass in base and tuned, ``delta``, paired
             t-test across prompts (``t``, ``p``, ``df``, bootstrap CI), ``p_holm``, ``p_bh``,
             sorted by ``delta`` descending (``rank`` 0 = largest increase).
+        nonfinite: The prompts excluded because their attention mass was NaN or infinite: one
+            row per (prompt, model, layer), columns ``id, role, model, layer, heads`` (empty
+            when none was).
         meta: Models, seed, parameters (``query``, ``layers``, ``alternative``, ``ci``),
             versions, the models' ``n_layers`` and the ``segments``.
 
@@ -75,6 +112,7 @@ class InstructionAttentionResult(Result):
     used_last: list[bool]
     excluded: list[str]
     tests: pd.DataFrame
+    nonfinite: pd.DataFrame = field(default_factory=_empty_nonfinite)
     meta: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ meta
@@ -139,6 +177,16 @@ class InstructionAttentionResult(Result):
                                  f"({n_l} x {n_h})")
         if set(self.excluded) & set(self.prompt_ids):
             raise ShiftlensError("a prompt is both used and excluded")
+        _need_columns(self.nonfinite, _NONFINITE_COLUMNS, "nonfinite")
+        if set(self.nonfinite["id"]) & set(self.prompt_ids):
+            raise ShiftlensError("a prompt is both used and excluded as non-finite")
+        bad = ~torch.isfinite(m)
+        if bool(bad.any()):
+            r, i, j, h, _ = (int(x) for x in bad.nonzero()[0])
+            raise ShiftlensError(
+                f"mass holds {int(bad.sum())} non-finite values (first: {ROLES[r]}, prompt "
+                f"{self.prompt_ids[i]!r}, layer {self.layers[j]}, head {h}): a result is computed "
+                "over finite masses only (excluded prompts belong in nonfinite)")
         if self.query not in ("response", "last"):
             raise ShiftlensError(f"unknown query {self.query!r} in meta")
 
@@ -202,9 +250,18 @@ class InstructionAttentionResult(Result):
         """
         return self.tests.copy()
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, *, alpha: float = 0.05) -> dict[str, Any]:
         """Headline numbers: mean instruction mass per model with a paired test across
         prompts (head-averaged), per layer group, the top heads, significant head counts.
+
+        The sentence counts heads by their Holm-adjusted p-value (family-wise error over every
+        head tested), as the figure's dots do; ``n_heads_up_bh`` / ``n_heads_down_bh`` give
+        the Benjamini-Hochberg counts for reference. Every exclusion is counted in it (prompts
+        without instruction tokens; prompts with a non-finite mass, with their model and
+        layers).
+
+        Args:
+            alpha: Significance level of the head counts and the verdicts.
 
         Example:
             >>> print(res.summary()["sentence"])  # doctest: +SKIP
@@ -218,62 +275,86 @@ class InstructionAttentionResult(Result):
         for g in dict.fromkeys(gnames[layer] for layer in self.layers):
             cols = [j for j, layer in enumerate(self.layers) if gnames[layer] == g]
             x = ins[:, :, cols].mean((2, 3))
-            groups[g] = paired_test(x[1].numpy(), x[0].numpy(), alternative=self.alternative,
-                                    seed=self.seed).to_dict()
+            groups[g] = {**paired_test(x[1].numpy(), x[0].numpy(), alternative=self.alternative,
+                                       seed=self.seed).to_dict(),
+                         "layers": [self.layers[j] for j in cols]}
         t = self.tests
-        sig_up = int(((t.p_holm < 0.05) & (t.delta > 0)).sum())
-        sig_down = int(((t.p_holm < 0.05) & (t.delta < 0)).sum())
-        bh_up = int(((t.p_bh < 0.05) & (t.delta > 0)).sum())
-        bh_down = int(((t.p_bh < 0.05) & (t.delta < 0)).sum())
+        sig_up = int(((t.p_holm < alpha) & (t.delta > 0)).sum())
+        sig_down = int(((t.p_holm < alpha) & (t.delta < 0)).sum())
+        bh_up = int(((t.p_bh < alpha) & (t.delta > 0)).sum())
+        bh_down = int(((t.p_bh < alpha) & (t.delta < 0)).sum())
         top = t.head(5)[["layer", "head", "base", "tuned", "delta", "p", "p_holm"]]
         q = "response tokens" if self.query == "response" else "the last prompt token"
         if self.fallback_last:
-            q += f" (last prompt token for {len(self.fallback_last)} prompts without reference)"
-        sentence = (
-            f"Over {self.n_prompts} prompts ({len(self.excluded)} excluded without instruction "
-            f"tokens), the attention of {q} on the instruction is {overall.mean_b:.3f} in "
-            f"base and {overall.mean_a:.3f} in tuned (mean over heads; paired t-test across "
-            f"prompts p={overall.pvalue:.3g}). {sig_up} of {len(t)} heads attend to the "
-            f"instruction significantly more and {sig_down} less after tuning (Holm-adjusted "
-            f"p<0.05; {bh_up} up / {bh_down} down at BH FDR 0.05)."
-        )
-        if top.shape[0]:
-            r = top.iloc[0]
-            sentence += (f" Largest increase: layer {int(r['layer'])} head {int(r['head'])} "
-                         f"({r.base:.3f} -> {r.tuned:.3f}).")
+            q += f" (the last prompt token for {len(self.fallback_last)} prompts without a reference)"
+        headline = change_sentence(
+            f"the share of attention that {q} put on the instruction (mean over all heads)",
+            overall.mean_b, overall.mean_a, p=overall.pvalue, test="paired t-test across prompts",
+            alternative=self.alternative, ci=(overall.ci_low, overall.ci_high), n=overall.n_a,
+            alpha=alpha)
+        test = test_label("paired t-test", self.alternative)
+        sentence = (f"{headline} {sig_up} of {len(t)} heads attend to the instruction "
+                    f"significantly more after tuning and {sig_down} significantly less ({test} "
+                    f"per head across prompts, Holm-adjusted p < {alpha:g} over all {len(t)} "
+                    "heads).")
+        if len(t):
+            r = t.iloc[0]
+            what = "Largest increase" if r.delta > 0 else (
+                "No head's instruction attention rose; smallest decrease" if r.delta < 0
+                else "No head's instruction attention changed; first head")
+            sentence += (f" {what}: layer {int(r['layer'])} head {int(r['head'])} "
+                         f"({r.base:.3f} -> {r.tuned:.3f}, Holm p = {fmt_number(r.p_holm)}).")
+        n_nf = int(self.nonfinite["id"].nunique()) if len(self.nonfinite) else 0
+        excl = []
+        if self.excluded:
+            excl.append(f"{len(self.excluded)} prompt{'s' if len(self.excluded) > 1 else ''} "
+                        "without instruction tokens")
+        if n_nf:
+            excl.append(f"{n_nf} prompt{'s' if n_nf > 1 else ''} whose attention mass was "
+                        f"non-finite ({_describe_nonfinite(self.nonfinite)})")
+        if excl:
+            sentence += (f" Excluded from every average and test: {'; '.join(excl)}; "
+                         f"{self.n_prompts} prompts used.")
         return {
             "n_prompts": self.n_prompts,
             "n_excluded": len(self.excluded),
             "excluded": list(self.excluded),
+            "n_nonfinite": n_nf,
+            "nonfinite": self.nonfinite.to_dict("records"),
             "n_fallback_last": len(self.fallback_last),
             "fallback_last": self.fallback_last,
             "query": self.query,
+            "alternative": self.alternative,
             "models": dict(self.model_names),
             "instruction_mass": overall.to_dict(),
             "by_layer_group": groups,
             "n_heads": int(len(t)),
+            "correction": "holm",
+            "alpha": alpha,
             "n_heads_up_holm": sig_up,
             "n_heads_down_holm": sig_down,
             "n_heads_up_bh": bh_up,
             "n_heads_down_bh": bh_down,
             "top_heads": top.to_dict("records"),
             "seed": self.seed,
+            "headline": headline,
             "sentence": sentence,
         }
 
-    def plot(self, *, alpha: float = 0.05) -> Any:
+    def plot(self, *, alpha: float = 0.05, correction: str = "holm") -> Any:
         """Layers x heads heatmap of the change in instruction mass, and mean mass per segment
         (:func:`~shiftlens.lenses.attention.plots.head_delta_figure`).
 
         Args:
-            alpha: Heads whose BH-adjusted p-value is below ``alpha`` get a dot.
+            alpha: Heads whose adjusted p-value is below ``alpha`` get a dot.
+            correction: ``"holm"`` (the default, as the summary counts heads) or ``"bh"``.
 
         Example:
             >>> fig = res.show("out/attention.png")  # doctest: +SKIP
         """
         from shiftlens.lenses.attention.plots import head_delta_figure
 
-        return head_delta_figure(self, alpha=alpha)
+        return head_delta_figure(self, alpha=alpha, correction=correction)
 
 
 @dataclass(eq=False, repr=False)
@@ -289,9 +370,14 @@ class VerbShiftResult(Result):
         tests: One row per layer group (and ``all``): mean ``fraction_rose`` of instruction
             and of general verbs, their difference and Welch's t-test.
         pairs: Every word pair of both models (``role`` column), or None when not kept.
+        funnel: Per (role, layer, head), what happened to the candidate pairs:
+            ``candidates``, ``self`` (a word with itself), ``opposite_sign``, ``unrelated``
+            (dropped by the relatedness filter), ``kept`` (None in results saved before it
+            was recorded).
         meta: Models, seed, parameters (layers, top_dims, top_k, filter, min_dims, ...),
             versions, and the vocabulary: ``n_words``, ``n_skipped_words``, the encodable
-            ``instruction_verbs`` / ``general_verbs`` and the ``missing_verbs``.
+            ``instruction_verbs`` / ``general_verbs`` and the ``missing_verbs``; the filter's
+            ``filter_reason``.
 
     Example:
         >>> res = verb_shift(pair, vocab)  # doctest: +SKIP
@@ -303,6 +389,7 @@ class VerbShiftResult(Result):
     verbs: pd.DataFrame
     tests: pd.DataFrame
     pairs: pd.DataFrame | None = None
+    funnel: pd.DataFrame | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -339,6 +426,13 @@ class VerbShiftResult(Result):
                           "pairs")
             if not set(self.pairs["role"]) <= set(ROLES):
                 raise ShiftlensError(f"pairs has roles {sorted(set(self.pairs['role']))}")
+        if self.funnel is not None:
+            _need_columns(self.funnel, _FUNNEL_COLUMNS, "funnel")
+            f = self.funnel
+            parts = f["self"] + f["opposite_sign"] + f["unrelated"] + f["kept"]
+            if len(f) and not (parts == f["candidates"]).all():
+                raise ShiftlensError("funnel: self + opposite_sign + unrelated + kept must equal "
+                                     "candidates in every row")
 
     def to_frame(self) -> pd.DataFrame:
         """Per-head rows: ``layer, head, group, verb_set, verb, base, tuned``.
@@ -348,31 +442,99 @@ class VerbShiftResult(Result):
         """
         return self.counts.copy()
 
-    def summary(self) -> dict[str, Any]:
+    def filter_counts(self) -> dict[str, dict[str, int]]:
+        """Per model, the candidate pairs summed over heads: ``candidates``, ``self``,
+        ``opposite_sign``, ``unrelated`` (dropped by the relatedness filter), ``kept``.
+
+        Example:
+            >>> verb_res.filter_counts()["base"]["unrelated"]  # doctest: +SKIP
+            1234
+        """
+        if self.funnel is None:
+            return {}
+        keys = ("candidates", "self", "opposite_sign", "unrelated", "kept")
+        return {role: {k: int(sub[k].sum()) for k in keys}
+                for role, sub in self.funnel.groupby("role", sort=False)}
+
+    def settings(self) -> str:
+        """The parameters that decide the numbers, in words (quoted by the sentence).
+
+        Example:
+            >>> verb_res.settings()  # doctest: +SKIP
+            '5,000-word vocabulary, top_dims=10, top_k=50, min_dims=1, exclude_self=True, ...'
+        """
+        p = self.params
+        layers = p.get("layers")
+        n, n_layers = self.meta.get("n_words"), self.meta.get("n_layers")
+        lay = ("all layers" if layers is None or (n_layers is not None
+                                                   and list(layers) == list(range(n_layers)))
+               else f"layers {', '.join(map(str, layers))}")
+        return (f"{n:,}-word vocabulary" if isinstance(n, int) else "vocabulary") + (
+            f", top_dims={p.get('top_dims')}, top_k={p.get('top_k')}, "
+            f"min_dims={p.get('min_dims')}, exclude_self={p.get('exclude_self')}, {lay}, "
+            f"filter {p.get('filter')} bound to {p.get('filter_model', 'base')}")
+
+    def summary(self, *, alpha: float = 0.05) -> dict[str, Any]:
         """Per layer group: mean fraction of heads with more pairs for instruction vs general
         verbs, Welch's t-test, plus a sentence.
+
+        The sentence states, per group, which verb set's pairs rose in more heads, the test
+        with its sidedness and verdict, how many verbs of each set entered the test (a verb
+        whose count changed in no head of the group has no fraction and is left out, counted),
+        the settings (vocabulary, ``top_dims``, ``top_k``, ``min_dims``, filter: results
+        with other settings differ) and how many candidate pairs the relatedness filter
+        dropped in each model, and why.
+
+        Args:
+            alpha: Significance level of the verdicts.
 
         Example:
             >>> print(verb_res.summary()["sentence"])  # doctest: +SKIP
         """
         groups = {r.group: {k: _py(v) for k, v in r._asdict().items() if k != "Index"}
                   for r in self.tests.itertuples()}
+        alt = str(self.params.get("alternative", "two-sided"))
+        n_sets = {vs: int(self.verbs.loc[self.verbs.group == self.verbs.group.iloc[0],
+                                         "verb_set"].eq(vs).sum()) if len(self.verbs) else 0
+                  for vs in ("instruction", "general")}
         parts = []
         for r in self.tests.itertuples():
             parts.append(
-                f"{r.group}: {r.mean_instruction:.2f} vs {r.mean_general:.2f} "
-                f"(Welch p={r.p:.3g}, {r.n_instruction}/{r.n_general} verbs)"
-            )
+                f"{r.group}: {fmt_number(r.mean_instruction, '.2f')} vs "
+                f"{fmt_number(r.mean_general, '.2f')}, "
+                f"{_verb_verdict(r.diff, r.p, alt, alpha)} (p = {fmt_number(r.p)}; "
+                f"{r.n_instruction} of {n_sets['instruction']} instruction and {r.n_general} of "
+                f"{n_sets['general']} general verbs changed in some head)")
+        counts = self.filter_counts()
+        reason = self.meta.get("filter_reason") or ""
+        if counts and self.params.get("filter") not in (None, "none"):
+            (r0, c0), *rest = counts.items()
+            drops = (f"{c0['unrelated']:,} of {c0['unrelated'] + c0['kept']:,} same-sign "
+                     f"candidate pairs in {r0}" + "".join(
+                         f" and {c['unrelated']:,} of {c['unrelated'] + c['kept']:,} in {role}"
+                         for role, c in rest))
+            filt = (f" The relatedness filter dropped {drops}"
+                    + (f" because {reason}" if reason else "") + ".")
+        elif counts:
+            filt = " No relatedness filter: every same-sign candidate pair was kept."
+        else:
+            filt = ""
         sentence = (
-            "Fraction of heads (ties ignored) whose word pairs with a verb rose after tuning, "
-            "instruction vs general verbs - " + "; ".join(parts) + "."
+            "Fraction of heads whose word pairs with a verb rose after tuning (among heads where "
+            "the count changed; mean over verbs), instruction vs general verbs, "
+            f"{test_label('Welch t-test', alt)} per layer group - " + "; ".join(parts)
+            + f". Settings: {self.settings()}." + filt
         )
         return {
             "groups": groups,
             "models": dict(self.model_names),
+            "alternative": alt,
             "n_words": self.meta.get("n_words"),
             "n_skipped_words": self.meta.get("n_skipped_words"),
             "missing_verbs": self.meta.get("missing_verbs"),
+            "settings": self.settings(),
+            "filter_counts": counts,
+            "filter_reason": reason,
             "seed": self.meta.get("seed"),
             "sentence": sentence,
         }

@@ -6,8 +6,9 @@
 
 - ``verb_words`` - vocabulary size of :func:`~shiftlens.lenses.attention.compare.verb_shift`
   (default 5000),
-- ``view_heads`` - at most this many heads in the attention-pattern view (default 8: the heads
-  of the shown layer whose instruction attention changed most).
+- ``view_heads`` - at most this many heads in the attention-pattern view (default 8: the head
+  the finding names first, where the view opens, then the heads of its layer whose
+  instruction attention changed most).
 
 :func:`examples` returns one small instance of each of the lens's Results (the contract test).
 """
@@ -17,8 +18,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+import numpy as np
+
 from shiftlens.lenses.registry import Finding, Section
-from shiftlens.stats import change_sentence, digits_for, fmt_number
+from shiftlens.stats import digits_for, fmt_number, test_label
 
 __all__ = ["section", "examples"]
 
@@ -43,64 +46,86 @@ def _example_prompt(prompts: list[Any], pair: Any) -> Any:
 
 
 def _headline(s: dict[str, Any]) -> tuple[str, str]:
-    """The key sentence (the change of instruction mass) and the full finding."""
-    im = s.get("instruction_mass", {})
-    q = "response tokens" if s.get("query") == "response" else "the last prompt token"
-    head = change_sentence(
-        f"the share of attention that {q} put on the instruction (mean over all heads)",
-        im.get("mean_b", float("nan")), im.get("mean_a", float("nan")), p=im.get("pvalue"),
-        test="paired t-test across prompts", ci=(im.get("ci_low", float("nan")),
-                                                  im.get("ci_high", float("nan"))),
-        n=im.get("n_a"))
-    text = (f"{head} {s['n_heads_up_holm']} of {s['n_heads']} heads attend to the instruction "
-            f"significantly more after tuning and {s['n_heads_down_holm']} less (paired "
-            f"t-test per head across prompts, Holm-adjusted p < 0.05; "
-            f"{s.get('n_heads_up_bh', 0)} more / {s.get('n_heads_down_bh', 0)} less at BH "
-            "FDR 0.05).")
-    top = s.get("top_heads") or []
-    if top:
-        t0 = top[0]
-        text += (f" Largest increase: layer {int(t0['layer'])} head {int(t0['head'])} "
-                 f"({t0['base']:.3f} -> {t0['tuned']:.3f}, Holm p = {t0['p_holm']:.3g}).")
-    if s.get("n_excluded"):
-        text += f" {s['n_excluded']} prompts without instruction tokens were excluded."
-    return head, text
+    """The key sentence (the change of instruction mass) and the full finding: the summary's
+    own sentence (Holm-adjusted head counts, as the heatmap's dots; every exclusion counted)."""
+    return s["headline"], s["sentence"]
 
 
 def _group_finding(s: dict[str, Any]) -> str:
+    """Per layer group, the change in words with its test (the summary's numbers)."""
     parts = []
+    alt = s.get("alternative", "two-sided")
     for g, v in (s.get("by_layer_group") or {}).items():
         f = digits_for(v["mean_b"], v["mean_a"], None)
-        parts.append(f"{g}: {v['mean_b']:{f}} -> {v['mean_a']:{f}} "
-                     f"(p = {fmt_number(v['pvalue'])})")
-    return ("Attention on the instruction per layer group (base -> tuned, paired t-test): "
+        layers = v.get("layers")
+        where = f"{g} (layer{'s' if layers and len(layers) > 1 else ''} " \
+                f"{', '.join(map(str, layers))})" if layers else g
+        parts.append(f"{where} {_moved(v['mean_b'], v['mean_a'], v['pvalue'], alt)} from "
+                     f"{v['mean_b']:{f}} to {v['mean_a']:{f}} (p = {fmt_number(v['pvalue'])})")
+    return ("Attention on the instruction per layer group, base -> tuned (mean over the group's "
+            f"heads; {test_label('paired t-test', alt)} across prompts): "
             + "; ".join(parts) + ".") if parts else ""
 
 
+def _moved(b: float, a: float, p: float, alternative: str, alpha: float = 0.05) -> str:
+    """``rose significantly`` / ``fell, not significantly`` / ``did not change``."""
+    if not (np.isfinite(a) and np.isfinite(b)) or a == b:
+        return "did not change"
+    d = "rose" if a > b else "fell"
+    against = (alternative == "greater" and a < b) or (alternative == "less" and a > b)
+    if against or not np.isfinite(p):
+        return d
+    return f"{d} significantly" if p < alpha else f"{d}, not significantly,"
+
+
+def _view_heads(tests: Any, layer: int, first: int, n_heads: int, max_heads: int) -> list[int]:
+    """The heads of the view, the finding's head first (circuitsvis opens on the first head),
+    then the layer's other heads by how much their instruction attention changed."""
+    lt = tests[tests["layer"] == layer]
+    order = lt.reindex(lt["delta"].abs().sort_values(ascending=False, kind="stable").index)
+    rest = [int(h) for h in order["head"] if int(h) != first]
+    rest += [h for h in range(n_heads) if h != first and h not in rest]
+    return [first, *rest][:max(1, max_heads)]
+
+
+def _visible_tokens(vis: Any) -> None:
+    """Newlines, tabs and blank tokens made visible in the view's labels
+    (:func:`shiftlens.tokens.display_token`; idempotent)."""
+    from shiftlens.tokens import display_token
+
+    for name, props in vis.components:
+        if name == "AttentionHeads" and "tokens" in props:
+            props["tokens"] = [display_token(t) for t in props["tokens"]]
+    if isinstance(vis.data.get("tokens"), list):
+        vis.data["shown_tokens"] = [display_token(t) for t in vis.data["tokens"]]
+
+
 def _pattern_view(ctx: Any, sec: Section, res: Any, prompts: list[Any]) -> None:
-    """circuitsvis patterns of one prompt, in the layer of the head whose attention rose most."""
+    """circuitsvis patterns of one prompt in the layer of the head the finding names (the
+    largest increase), opened on that head."""
     from shiftlens.viz.circuits import attention_patterns
 
     pair = ctx.pair
     p = _example_prompt(prompts, pair)
     if p is None:
         return
-    tests, heads = res.tests, None
+    tests = res.tests
     max_heads = int(ctx.options.get("view_heads", 8))
     if len(tests):
-        layer = int(tests.iloc[0]["layer"])
-        why = (f"layer {layer} holds the head whose attention to the instruction rose most "
-               f"(head {int(tests.iloc[0]['head'])})")
-        if int(pair.cfg.n_heads) > max_heads:  # keep the page light: the heads that changed most
-            lt = tests[tests["layer"] == layer]
-            top = lt.reindex(lt["delta"].abs().sort_values(ascending=False).index)
-            heads = sorted(int(h) for h in top["head"].head(max_heads))
-            why += f"; the {len(heads)} heads of that layer whose instruction attention changed most"
+        layer, first = int(tests.iloc[0]["layer"]), int(tests.iloc[0]["head"])
+        heads = _view_heads(tests, layer, first, int(pair.cfg.n_heads), max_heads)
+        what = "rose most" if float(tests.iloc[0]["delta"]) > 0 else "fell least"
+        why = (f"layer {layer}, opened on head {first}: the head whose attention to the "
+               f"instruction {what}, as the finding says")
+        if len(heads) < int(pair.cfg.n_heads):
+            why += (f"; then the {len(heads) - 1} other heads of that layer whose instruction "
+                    "attention changed most")
     else:
-        layer, why = int(pair.cfg.n_layers) - 1, "the last layer"
+        layer, heads, why = int(pair.cfg.n_layers) - 1, None, "the last layer"
     vis = ctx.attempt(sec, f"attention patterns of prompt {p.label}",
                       lambda: attention_patterns(pair, p, [layer], heads=heads))
     if vis is not None:
+        _visible_tokens(vis)
         vis.title += f" ({why})"
         sec.views.append(vis)
 
@@ -117,11 +142,10 @@ def _verb_section(ctx: Any, sec: Section) -> None:
     text = vs["sentence"]
     if len(allrow):
         r = allrow.iloc[0]
-        text = (f"Word pairs encoded by the heads' Q/K weights (Wu et al. §4): for "
-                f"{r.mean_instruction:.0%} of (head, instruction verb) cases whose "
-                f"pair count changed it rose, versus {r.mean_general:.0%} for general "
-                f"verbs (Welch t-test p = {r.p:.3g}, {int(r.n_instruction)} vs "
-                f"{int(r.n_general)} verbs). " + text)
+        text = (f"Word pairs encoded by the heads' Q/K weights (Wu et al. §4), over all layers: "
+                f"averaged over instruction verbs, a verb's pair count rose in "
+                f"{fmt_number(r.mean_instruction, '.0%')} of the heads where it changed, versus "
+                f"{fmt_number(r.mean_general, '.0%')} for general verbs. " + text)
     ctx.figure(sec, vr.plot(), "verb_shift", text)
 
 

@@ -8,7 +8,9 @@
   prompts, which of them have instruction tokens) with whatever model is resident;
 - ``compute`` is one prompt with one model: :func:`~shiftlens.lenses.attention.core.
   segment_attention` on that prompt alone, the ``[layer, head, segment]`` mass;
-- ``assemble`` stacks the masses and runs the same per-head tests
+- ``assemble`` stacks the masses, excludes and records the prompts whose mass is non-finite
+  in either model (:func:`~shiftlens.lenses.attention.compare.drop_nonfinite`, as the
+  function does) and runs the same per-head tests
   (:func:`~shiftlens.lenses.attention.compare.head_tests`) into the same
   :class:`~shiftlens.lenses.attention.results.InstructionAttentionResult`.
 
@@ -27,7 +29,12 @@ import torch
 
 from shiftlens.checks import check_choice, check_int, check_layers, check_prompts
 from shiftlens.errors import ShiftlensError
-from shiftlens.lenses.attention.compare import ALTERNATIVES, _split_by_instruction, head_tests
+from shiftlens.lenses.attention.compare import (
+    ALTERNATIVES,
+    _split_by_instruction,
+    drop_nonfinite,
+    head_tests,
+)
 from shiftlens.lenses.attention.core import QUERIES, segment_attention
 from shiftlens.lenses.attention.results import ROLES, InstructionAttentionResult
 from shiftlens.prompts import SEGMENTS
@@ -104,7 +111,7 @@ class InstructionAttentionUnits:
         if index not in plan["kept"]:  # no instruction tokens: excluded, nothing to run
             return {"kept": False}
         sa = segment_attention(model, [prompt], plan["query"], layers=plan["layers"],
-                               batch_size=1, progress=False)
+                               batch_size=1, progress=False, nonfinite="keep")
         return {"kept": True, "mass": sa.mass[0].clone(), "used_last": bool(sa.used_last[0])}
 
     def assemble(self, plan: Mapping[str, Any], prompts: Sequence[Any],
@@ -121,17 +128,19 @@ class InstructionAttentionUnits:
         mass = torch.stack([torch.stack([records[(i, r)]["mass"] for i in kept])
                             for r in self.roles])
         sel = list(plan["layers"])
+        used = [records[(i, self.roles[0])]["used_last"] for i in kept]
+        mass, ids, used, cells = drop_nonfinite(mass, list(plan["ids"]), used, sel,
+                                                dict(plan["models"]))
         meta = make_meta(models=plan["models"], seed=plan["seed"], params={
             "query": plan["query"], "layers": sel if plan["layers_given"] else None,
             "alternative": plan["alternative"], "ci": plan["ci"]},
             n_layers=plan["n_layers"], segments=list(SEGMENTS))
         return InstructionAttentionResult(
-            mass=mass, layers=sel, prompt_ids=list(plan["ids"]),
-            used_last=[records[(i, self.roles[0])]["used_last"] for i in kept],
+            mass=mass, layers=sel, prompt_ids=ids, used_last=used,
             excluded=list(plan["excluded"]),
             tests=head_tests(mass, sel, alternative=plan["alternative"], ci=plan["ci"],
                              seed=plan["seed"]),
-            meta=meta)
+            nonfinite=cells, meta=meta)
 
     def __repr__(self) -> str:
         return f"InstructionAttentionUnits({self.name!r})"
