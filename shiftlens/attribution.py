@@ -2,7 +2,8 @@
 
 Gradient input->output attribution, importance density, instruction score and the pair
 analyses of Wu et al. (2024, §3) live in the package ``shiftlens.lenses.attribution``
-(``density``, ``core``, ``compare``, ``results``, ``plots``); this module keeps
+(``density``, ``core``, ``compare``, ``placement``, ``results``, ``derived``, ``plots``); this
+module keeps
 ``from shiftlens.attribution import ...`` and ``from shiftlens import attribution as A`` working.
 ``Attribution`` is the old name of :class:`AttributionResult`.
 
@@ -20,8 +21,7 @@ from shiftlens.lenses.attribution.compare import (
     followed_by_reference,
     followed_comparison,
     instruction_sensitivity,
-    place_instruction,
-    position_sensitivity,
+    response_settings,
     validate_sensitivity,
 )
 from shiftlens.lenses.attribution.core import (
@@ -29,27 +29,38 @@ from shiftlens.lenses.attribution.core import (
     attribute,
     attribution_matrix,
     check_autograd,
+    check_model,
     greedy_response,
+    locate_nonfinite,
 )
 from shiftlens.lenses.attribution.density import (
     importance_density,
     instruction_score,
     sparsify,
 )
+from shiftlens.lenses.attribution.derived import (
+    HEADLINES,
+    FollowedResult,
+    PositionResult,
+    ResponseSettingsResult,
+)
+from shiftlens.lenses.attribution.external import LAYOUTS
+from shiftlens.lenses.attribution.placement import place_instruction, position_sensitivity
 from shiftlens.lenses.attribution.plots import (
     attribution_figure,
     followed_figure,
     instruction_score_figure,
     position_figure,
     sensitivity_figure,
+    settings_figure,
 )
 from shiftlens.lenses.attribution.results import (
+    ALTERNATIVES,
     POSITIONS,
     ROLES,
+    SETTINGS,
     Attribution,
     AttributionResult,
-    FollowedResult,
-    PositionResult,
     SensitivityResult,
 )
 from shiftlens.prompts import (  # noqa: F401 - importable from here in 0.x
@@ -95,4 +106,14 @@ __all__ = [
     "followed_figure",
     "position_figure",
     "instruction_score_figure",
+    # issues 14-16: non-finite values named, both response settings, your own matrices
+    "ALTERNATIVES",
+    "SETTINGS",
+    "LAYOUTS",
+    "HEADLINES",
+    "check_model",
+    "locate_nonfinite",
+    "response_settings",
+    "ResponseSettingsResult",
+    "settings_figure",
 ]

@@ -22,7 +22,8 @@ def test_toy_pair_tuned_reads_instruction_more():
     except (ShiftlensError, FileNotFoundError, OSError) as e:
         pytest.skip(f"embedded toy pair not available: {e}")
     prompts = zoo.toy_prompts(70)
-    res = A.instruction_sensitivity(pair, prompts, response="reference", progress=False)
+    res = A.instruction_sensitivity(pair, prompts, response="reference", alternative="greater",
+                                    progress=False)
     df = res.to_frame()
     assert (df["base_response"] == df["tuned_response"]).all()
     t, b = df["tuned_score"].to_numpy(float), df["base_score"].to_numpy(float)
@@ -31,3 +32,22 @@ def test_toy_pair_tuned_reads_instruction_more():
     s = res.summary()["overall"]
     assert s["pvalue"] == pytest.approx(ref.pvalue)
     assert t.mean() > b.mean() and ref.pvalue < 0.01, res.summary()["sentence"]
+
+
+def test_toy_pair_both_settings_side_by_side(toy):
+    """Issue 15: lens 1 flips with the response setting on the embedded pair, and the Result shows
+    both: with the same reference response tuned > base; with each model's own greedy response
+    base > tuned, where the base model rambles to the limit and the tuned model answers in a few
+    tokens. The headline is the same-response setting and the sentence says why."""
+    from shiftlens.zoo import toy_prompts
+
+    rs = A.response_settings(toy, toy_prompts(14), max_new_tokens=12, progress=False)
+    s = rs.summary()
+    ref, own = s["reference"]["overall"], s["own"]["overall"]
+    assert ref["diff"] > 0 and own["diff"] < 0 and not s["agree"], s["sentence"]
+    ln = s["response_lengths"]
+    assert ln["own"]["base"] > 2 * ln["own"]["tuned"]  # the confound, measured
+    assert ln["reference"]["base"] == ln["reference"]["tuned"]
+    assert s["headline"] == "reference" and "The two settings point in different directions" in \
+        s["sentence"]
+    assert f"base {ln['own']['base']:.1f}, tuned {ln['own']['tuned']:.1f} tokens" in s["sentence"]

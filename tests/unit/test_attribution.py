@@ -25,6 +25,7 @@ from shiftlens.pair import load_bridge
 from shiftlens.prompts import InstructionPrompt
 from shiftlens.result import make_meta
 from shiftlens.testing import ARCHITECTURES
+from shiftlens.tokens import token_strings
 
 PROMPT = InstructionPrompt(
     "Sort the words: red cat dog\nResponse:",
@@ -293,7 +294,9 @@ def test_attribution_segments_bos_and_roundtrip(bridges, tmp_path):
     assert a.masks["instruction"].any() and a.masks["context"].any()
     ins = a.input_tokens[a.instruction_mask].tolist()
     assert llama.tokenizer.decode(ins).strip() == "Sort the words:"
-    assert a.token_strings == tuple(llama.tokenizer.convert_ids_to_tokens(a.tokens.tolist()))
+    # display strings (the text each token adds), the vocabulary entries beside them
+    assert a.token_strings == tuple(token_strings(llama.tokenizer, a.tokens))
+    assert a.raw_token_strings == tuple(llama.tokenizer.convert_ids_to_tokens(a.tokens.tolist()))
     q = A.attribute(qwen, PROMPT, " cat dog red")  # qwen2: no BOS, every prompt token is input
     assert q.n_input == q.n_prompt and not bool((q.segments == A.BOS).any())
     # score consistent with the public pieces
@@ -401,14 +404,14 @@ def test_instruction_sensitivity_tiny_pair(tiny_dirs, tmp_path):
         att = A.attribute(model, PROMPT, max_new_tokens=4)
         assert att.response == df.loc[0, f"{role}_response"]
         assert att.score() == pytest.approx(df.loc[0, f"{role}_score"], rel=1e-6)
-    # summary against scipy
+    # summary against scipy (two-sided by default)
     s = res.summary()
     t, b = df["tuned_score"].dropna(), df["base_score"].dropna()
-    ref = st.ttest_ind(t, b, equal_var=False, alternative="greater")
+    ref = st.ttest_ind(t, b, equal_var=False, alternative="two-sided")
     assert s["overall"]["pvalue"] == pytest.approx(ref.pvalue)
     assert s["overall"]["mean_a"] == pytest.approx(t.mean())
     assert set(s["by_category"]) == {"sort", "reverse", "count"}
-    assert "one-sided Welch" in s["sentence"]
+    assert "two-sided Welch" in s["sentence"]
     # rescore with other parameters == recomputation from the stored matrices
     r5 = res.rescore(threshold=5, p=3)
     m = res.matrices["tuned"][1]
@@ -477,7 +480,7 @@ def test_followed_comparison_against_scipy(tmp_path):
     assert len(df) == 24
     f = df.loc[df["followed"], "score"]
     u = df.loc[~df["followed"], "score"]
-    ref = st.ttest_ind(f, u, equal_var=False, alternative="greater")
+    ref = st.ttest_ind(f, u, equal_var=False, alternative="two-sided")
     s = fr.summary()
     assert s["pooled"]["pvalue"] == pytest.approx(ref.pvalue)
     assert s["counts"]["base"]["followed"] == 4
@@ -522,7 +525,7 @@ def test_position_sensitivity_fixed_responses(tiny_dirs, tmp_path):
     assert float(got["score"].iloc[0]) == pytest.approx(expect, rel=1e-6)
     s = pr.summary()
     assert set(s["means"]["base"]) == set(A.POSITIONS)
-    assert "start>middle" in s["edges_vs_middle"]["tuned"]
+    assert "start-middle" in s["edges_vs_middle"]["tuned"]
     pr.save(tmp_path / "pos")
     back = A.PositionResult.load(tmp_path / "pos")
     pd.testing.assert_frame_equal(back.frame, pr.frame)

@@ -8,8 +8,13 @@ functions load on first use from the layers:
 - :mod:`~shiftlens.lenses.attribution.core`: explain one model (:func:`attribute`,
   :func:`attribution_matrix`);
 - :mod:`~shiftlens.lenses.attribution.compare`: compare a pair (:func:`instruction_sensitivity`
-  as validate / accumulate / assemble, followed vs unfollowed, position of the instruction);
-- :mod:`~shiftlens.lenses.attribution.results`, :mod:`~shiftlens.lenses.attribution.plots`,
+  as validate / accumulate / assemble, :func:`response_settings` (both response settings side
+  by side), followed vs unfollowed); :mod:`~shiftlens.lenses.attribution.placement`: position
+  of the instruction;
+- :mod:`~shiftlens.lenses.attribution.results` (one attribution, instruction sensitivity, and
+  ``SensitivityResult.from_matrices`` for attributions computed elsewhere, checked by
+  :mod:`~shiftlens.lenses.attribution.external`), :mod:`~shiftlens.lenses.attribution.derived`
+  (both settings, followed, position), :mod:`~shiftlens.lenses.attribution.plots`,
   :mod:`~shiftlens.lenses.attribution.section` (the report),
   :mod:`~shiftlens.lenses.attribution.units` (``shiftlens run attribution``: one record per
   prompt and model) and :mod:`~shiftlens.lenses.attribution.cli` (``shiftlens attribute``).
@@ -37,7 +42,8 @@ SPEC = register_lens(LensSpec(
           "the instruction tokens (Wu et al. 2024, §3).",
     section=f"{_PKG}.section:section",
     results=(f"{_PKG}.results:AttributionResult", f"{_PKG}.results:SensitivityResult",
-             f"{_PKG}.results:FollowedResult", f"{_PKG}.results:PositionResult"),
+             f"{_PKG}.derived:ResponseSettingsResult", f"{_PKG}.derived:FollowedResult",
+             f"{_PKG}.derived:PositionResult"),
     cli=f"{_PKG}.cli:add_commands",
     limits={"attribution": 12},
     requires=(f"{_PKG}.compare:instruction_sensitivity",),
@@ -50,17 +56,20 @@ SPEC = register_lens(LensSpec(
 _API: dict[str, str] = {
     **dict.fromkeys(("sparsify", "importance_density", "instruction_score"), "density"),
     **dict.fromkeys(("MODES", "attribute", "attribution_matrix", "check_autograd",
-                     "greedy_response"), "core"),
-    **dict.fromkeys(("ROLES", "POSITIONS", "SENSITIVITY_COLUMNS", "AttributionResult",
-                     "Attribution", "SensitivityResult", "FollowedResult", "PositionResult"),
-                    "results"),
+                     "check_model", "locate_nonfinite", "greedy_response"), "core"),
+    **dict.fromkeys(("ROLES", "POSITIONS", "ALTERNATIVES", "SETTINGS", "SENSITIVITY_COLUMNS",
+                     "AttributionResult", "Attribution", "SensitivityResult"), "results"),
+    **dict.fromkeys(("LAYOUTS",), "external"),
+    **dict.fromkeys(("HEADLINES", "ResponseSettingsResult", "FollowedResult", "PositionResult"),
+                    "derived"),
     **dict.fromkeys(("SensitivityPlan", "SensitivityRecord", "validate_sensitivity",
                      "accumulate_sensitivity", "assemble_sensitivity", "instruction_sensitivity",
-                     "followed_by_reference", "followed_comparison", "place_instruction",
-                     "position_sensitivity"), "compare"),
+                     "response_settings", "followed_by_reference", "followed_comparison"),
+                    "compare"),
+    **dict.fromkeys(("place_instruction", "position_sensitivity"), "placement"),
     **dict.fromkeys(("SensitivityUnits", "SENSITIVITY_UNITS"), "units"),
-    **dict.fromkeys(("attribution_figure", "sensitivity_figure", "followed_figure",
-                     "position_figure", "instruction_score_figure"), "plots"),
+    **dict.fromkeys(("attribution_figure", "sensitivity_figure", "settings_figure",
+                     "followed_figure", "position_figure", "instruction_score_figure"), "plots"),
 }
 
 __all__ = ["SPEC", *_API]

@@ -57,9 +57,9 @@ def run_attribute(args: argparse.Namespace) -> int:
         prompt = prompt.with_chat_template(model.tokenizer, system=args.system)
     att = attribute(model, prompt, args.response, max_new_tokens=args.max_new_tokens,
                     mode=args.mode, progress=not args.no_progress, model_name=args.model)
-    from shiftlens.viz.circuits import token_strings
+    from shiftlens.tokens import display_token
 
-    strings = token_strings(model.tokenizer, att.tokens)
+    strings = list(att.token_strings)  # shiftlens.tokens.token_strings: the text each adds
     dens = att.density().tolist()
     from shiftlens.prompts import SEGMENTS
 
@@ -69,7 +69,7 @@ def run_attribute(args: argparse.Namespace) -> int:
     for k, pos in enumerate(att.input_positions.tolist()):
         bar = "#" * round(20 * dens[k])
         print(f"{pos:4d}  {SEGMENTS[int(att.segments[pos])]:11s} {dens[k]:7.3f}  "
-              f"{strings[pos]!r:20s} {bar}")
+              f"{display_token(strings[pos])!r:20s} {bar}")
     if bool(att.instruction_mask.any()):
         print(f"\ninstruction score: {att.score():.4f} (Wu et al. 2024, §3)")
     else:

@@ -1,5 +1,6 @@
-"""Compare a pair: instruction sensitivity, followed vs unfollowed, position of the instruction
-(Wu et al. 2024, §3).
+"""Compare a pair: instruction sensitivity, both response settings side by side, followed vs
+unfollowed (Wu et al. 2024, §3); the position of the instruction is in
+:mod:`~shiftlens.lenses.attribution.placement`.
 
 :func:`instruction_sensitivity` is three steps, each public so that a runner can compute one
 (prompt, model) record at a time (in another process, on another machine, resumed after a
@@ -22,6 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Bool, Float
@@ -30,14 +32,18 @@ from tqdm.auto import tqdm
 
 from shiftlens.checks import check_choice, check_float, check_int, check_prompts, prompt_id
 from shiftlens.errors import ShiftlensError, ShiftlensWarning
-from shiftlens.lenses.attribution.core import MODES, attribute, check_autograd
+from shiftlens.generate import DEFAULT_MAX_NEW_TOKENS
+from shiftlens.lenses.attribution.core import MODES, attribute, check_autograd, check_model
 from shiftlens.lenses.attribution.density import instruction_score
+from shiftlens.lenses.attribution.derived import (
+    HEADLINES,
+    FollowedResult,
+    ResponseSettingsResult,
+)
 from shiftlens.lenses.attribution.results import (
-    POSITIONS,
+    ALTERNATIVES,
     ROLES,
     SENSITIVITY_COLUMNS,
-    FollowedResult,
-    PositionResult,
     SensitivityResult,
 )
 from shiftlens.prompts import BOS, INSTRUCTION, InstructionPrompt
@@ -50,16 +56,15 @@ __all__ = [
     "accumulate_sensitivity",
     "assemble_sensitivity",
     "instruction_sensitivity",
+    "response_settings",
     "followed_by_reference",
     "followed_comparison",
-    "place_instruction",
-    "position_sensitivity",
 ]
 
 _EMPTY_GREEDY = "greedy response is empty"
 #: The plan's parameters in the order the Result records them (a saved plan may sort keys).
 _PARAM_KEYS = ("levels", "threshold", "p", "response", "max_new_tokens", "mode", "chunk_size",
-               "decoding")
+               "decoding", "alternative")
 
 
 # ====================================================================== instruction sensitivity
@@ -77,7 +82,7 @@ class SensitivityPlan:
         models: ``{"base": name, "tuned": name}``.
         params: ``levels``, ``threshold``, ``p``, ``response`` (``"generate"``,
             ``"reference"`` or ``"given"``), ``max_new_tokens``, ``mode``, ``chunk_size``,
-            ``decoding``.
+            ``decoding``, ``alternative``.
         seed: Bootstrap seed of the summary.
 
     Example:
@@ -204,7 +209,7 @@ def _check_response_source(response: Any, prompts: list[InstructionPrompt],
         return
     if not isinstance(response, Sequence) or len(response) != len(prompts):
         n = len(response) if isinstance(response, Sequence) else type(response).__name__
-        raise ShiftlensError(f"{n} responses given for {len(prompts)} prompts")
+        raise ShiftlensError(f"response: {n} responses given for {len(prompts)} prompts")
     bad = [i for i, r in zip(ids, response) if r is not None and not isinstance(r, str)]
     if bad:
         raise ShiftlensError(f"the responses of prompts {bad[:8]} are neither texts nor None")
@@ -215,17 +220,27 @@ def _instruction_mask(segments: Tensor, n_prompt: int) -> Bool[Tensor, " n_in"]:
     return seg[seg != BOS] == INSTRUCTION
 
 
+def _check_pair(pair: Any) -> None:
+    """A :class:`shiftlens.ModelPair` (or a runner's view of one): model ``names``, a tokenizer,
+    and ``(role, model)`` pairs when iterated. Touches no model (a view may load them lazily)."""
+    names = getattr(pair, "names", None)
+    if not isinstance(names, Mapping) or not hasattr(pair, "tokenize") \
+            or not hasattr(pair, "__iter__"):
+        raise ShiftlensError(f"pair must be a shiftlens.ModelPair, got {type(pair).__name__}")
+
+
 def validate_sensitivity(
     pair: Any,
     prompts: Sequence[InstructionPrompt],
     *,
     response: str | Sequence[str] = "generate",
-    max_new_tokens: int = 64,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     mode: str = "auto",
     chunk_size: int = 16,
     levels: int = 10,
     threshold: int = 7,
     p: float | int = 4,
+    alternative: str = "two-sided",
     seed: int = 0,
 ) -> SensitivityPlan:
     """Step 1 of :func:`instruction_sensitivity`: check everything before any model runs.
@@ -235,19 +250,21 @@ def validate_sensitivity(
 
     Args:
         pair: A :class:`shiftlens.ModelPair`.
-        prompts, response, max_new_tokens, mode, chunk_size, levels, threshold, p, seed: As in
-            :func:`instruction_sensitivity`.
+        prompts, response, max_new_tokens, mode, chunk_size, levels, threshold, p, alternative,
+            seed: As in :func:`instruction_sensitivity`.
 
     Returns:
         The :class:`SensitivityPlan`.
 
     Raises:
-        ShiftlensError: no prompts, a missing reference with ``response="reference"``, a
-            prompt (+ response) longer than the context, gradients disabled, bad parameters.
+        ShiftlensError: not a pair, no prompts, a missing reference with
+            ``response="reference"``, a prompt (+ response) longer than the context, gradients
+            disabled, bad parameters (each named with its value).
 
     Example:
         >>> plan = validate_sensitivity(pair, prompts, max_new_tokens=12)  # doctest: +SKIP
     """
+    _check_pair(pair)
     prompts = check_prompts(prompts, who="instruction_sensitivity")
     ids = [prompt_id(pr, i) for i, pr in enumerate(prompts)]
     _check_response_source(response, prompts, ids)
@@ -257,7 +274,10 @@ def validate_sensitivity(
     check_int("levels", levels, minimum=1)
     check_int("threshold", threshold, minimum=0, maximum=levels - 1)
     check_float("p", p, minimum=1.0, open_min=True)
+    check_choice("alternative", alternative, ALTERNATIVES)
+    seed = check_int("seed", seed)
     for role, model in pair:
+        check_model(model, f"{role} model {pair.names[role]!r}")
         check_autograd(model, f"{role} model {pair.names[role]!r}")
     responses = [_response_for(pr, response, i) for i, pr in enumerate(prompts)]
     tps = [pair.tokenize(pr, response=r) for pr, r in zip(prompts, responses)]
@@ -268,7 +288,8 @@ def validate_sensitivity(
             raise ShiftlensError(
                 f"prompts {full[:8]} fill the context length {n_ctx}: no room for a response")
     params = dict(zip(_PARAM_KEYS, (levels, threshold, p, response if isinstance(response, str)
-                                    else "given", max_new_tokens, mode, chunk_size, "greedy")))
+                                    else "given", max_new_tokens, mode, chunk_size, "greedy",
+                                    alternative)))
     return SensitivityPlan(
         prompts=tuple(prompts), ids=tuple(ids), responses=tuple(responses),
         masks=tuple(_instruction_mask(tp.segments, tp.n_prompt) for tp in tps),
@@ -280,7 +301,9 @@ def accumulate_sensitivity(model: Any, plan: SensitivityPlan, index: int,
     """Step 2 of :func:`instruction_sensitivity`: attribute prompt ``index`` with one model.
 
     An empty greedy response (EOS first) gives a record without matrix, a NaN score and a
-    :class:`ShiftlensWarning`; a prompt without instruction tokens scores NaN (with a warning).
+    :class:`ShiftlensWarning`; a prompt without instruction tokens scores NaN (with a warning);
+    the summary leaves both out and names them. A non-finite attribution is an error naming
+    the role, the prompt, the model and where the forward pass first turns non-finite.
 
     Args:
         model: The pair's model for ``role`` (``pair.base`` or ``pair.tuned``).
@@ -295,6 +318,9 @@ def accumulate_sensitivity(model: Any, plan: SensitivityPlan, index: int,
         >>> recs = [accumulate_sensitivity(getattr(pair, r), plan, i, r)  # doctest: +SKIP
         ...         for i, r in plan.keys()]
     """
+    if not isinstance(plan, SensitivityPlan):
+        raise ShiftlensError(f"plan must be a SensitivityPlan (validate_sensitivity), got "
+                             f"{type(plan).__name__}")
     check_choice("role", role, ROLES)
     check_int("index", index, minimum=0, maximum=len(plan) - 1)
     pr, resp, pid = plan.prompts[index], plan.responses[index], plan.ids[index]
@@ -304,8 +330,8 @@ def accumulate_sensitivity(model: Any, plan: SensitivityPlan, index: int,
                         chunk_size=par["chunk_size"], model_name=plan.models[role])
     except ShiftlensError as e:
         if resp is not None or _EMPTY_GREEDY not in str(e):
-            raise
-        warnings.warn(str(e), ShiftlensWarning, stacklevel=2)
+            raise ShiftlensError(f"{role} model: {e}") from e
+        warnings.warn(f"{role} model: {e}", ShiftlensWarning, stacklevel=2)
         return SensitivityRecord(index, role, pid, None, float("nan"), 0, "", float("nan"), "",
                                  "empty greedy response")
     if not torch.equal(att.instruction_mask.cpu(), plan.masks[index].cpu()):
@@ -383,6 +409,7 @@ def assemble_sensitivity(plan: SensitivityPlan,
         rows.append(row)
     frame = pd.DataFrame(rows)[list(SENSITIVITY_COLUMNS)]
     params = {k: plan.params[k] for k in (*_PARAM_KEYS, *sorted(plan.params)) if k in plan.params}
+    params.setdefault("alternative", "two-sided")  # plans saved before the parameter existed
     meta = make_meta(models={r: plan.models[r] for r in ROLES}, seed=plan.seed, params=params)
     return SensitivityResult(frame, mats, list(plan.masks), meta)
 
@@ -392,12 +419,13 @@ def instruction_sensitivity(
     prompts: Sequence[InstructionPrompt],
     *,
     response: str | Sequence[str] = "generate",
-    max_new_tokens: int = 64,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     mode: str = "auto",
     chunk_size: int = 16,
     levels: int = 10,
     threshold: int = 7,
     p: float | int = 4,
+    alternative: str = "two-sided",
     seed: int = 0,
     progress: bool = True,
 ) -> SensitivityResult:
@@ -405,21 +433,31 @@ def instruction_sensitivity(
 
     Each model is attributed on its own greedy response (the paper's setting,
     ``response="generate"``), on each prompt's ``reference`` (``"reference"``), or on given
-    response texts (a sequence, one per prompt). A prompt without instruction span scores NaN
-    (with a :class:`ShiftlensWarning`); a model whose greedy response is empty (EOS first)
-    scores NaN for that prompt with a note. Every prompt is tokenized and checked against the
-    context length before any model runs. The three steps are public:
-    :func:`validate_sensitivity`, :func:`accumulate_sensitivity`, :func:`assemble_sensitivity`.
+    response texts (a sequence, one per prompt). The two settings can disagree (the models'
+    own responses differ in length and content): :func:`response_settings` runs both side by
+    side. A prompt without instruction span scores NaN (with a :class:`ShiftlensWarning`); a
+    model whose greedy response is empty (EOS first) scores NaN for that prompt with a note;
+    the summary leaves such prompts out of both samples and names them. A non-finite
+    attribution is an error (role, prompt, model, where it turns non-finite). Every prompt is
+    tokenized and checked against the context length before any model runs. The three steps
+    are public: :func:`validate_sensitivity`, :func:`accumulate_sensitivity`,
+    :func:`assemble_sensitivity`.
 
     Args:
         pair: A :class:`shiftlens.ModelPair`.
         prompts: The prompts (ids should be unique; categories group the summary).
         response: ``"generate"``, ``"reference"`` or one response per prompt (a text, or None
             for each model's own greedy response).
-        max_new_tokens: Generation limit.
+        max_new_tokens: Generation limit, default
+            :data:`shiftlens.generate.DEFAULT_MAX_NEW_TOKENS` (32): long enough for a complete
+            instruction-following answer, while a base model that never stops (it rambles to
+            the limit) costs half of the former 64 (generation and Jacobian products both grow
+            with the response).
         mode, chunk_size: See :func:`~shiftlens.lenses.attribution.core.attribute`.
         levels, threshold, p: Density parameters (changeable later:
             :meth:`~shiftlens.lenses.attribution.results.SensitivityResult.rescore`).
+        alternative: Welch's t-test of tuned vs base: ``"two-sided"`` (default), ``"greater"``
+            (tuned > base) or ``"less"``; the summary's sentence names a one-sided test.
         seed: Bootstrap seed of the confidence intervals.
         progress: Progress bar over prompts.
 
@@ -437,12 +475,78 @@ def instruction_sensitivity(
     """
     plan = validate_sensitivity(pair, prompts, response=response, max_new_tokens=max_new_tokens,
                                 mode=mode, chunk_size=chunk_size, levels=levels,
-                                threshold=threshold, p=p, seed=seed)
+                                threshold=threshold, p=p, alternative=alternative, seed=seed)
     records = []
     for i in tqdm(range(len(plan)), desc="instruction sensitivity", disable=not progress):
         for role, model in pair:
             records.append(accumulate_sensitivity(model, plan, i, role))
     return assemble_sensitivity(plan, records)
+
+
+# ====================================================================== both response settings
+def response_settings(
+    pair: Any,
+    prompts: Sequence[InstructionPrompt],
+    *,
+    headline: str = "auto",
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    mode: str = "auto",
+    chunk_size: int = 16,
+    levels: int = 10,
+    threshold: int = 7,
+    p: float | int = 4,
+    alternative: str = "two-sided",
+    seed: int = 0,
+    progress: bool = True,
+) -> ResponseSettingsResult:
+    """Instruction sensitivity in both response settings, side by side, with response lengths.
+
+    The same prompts are scored twice: with each prompt's reference response for both models
+    (``response="reference"``: one text, so a difference is the models' reading of the
+    prompt) and with each model's own greedy response (``"generate"``, the paper's setting,
+    Wu et al. §3, where response length and content differ between the models). Prompts
+    without a reference response are left out of both (a :class:`ShiftlensWarning`; the
+    summary names them).
+
+    Args:
+        pair: A :class:`shiftlens.ModelPair`.
+        prompts: The prompts (those with a ``reference`` are used).
+        headline: Which setting leads: ``"auto"`` (the same reference response when at least
+            two prompts are scored with it), ``"reference"`` or ``"own"``.
+        max_new_tokens, mode, chunk_size, levels, threshold, p, alternative, seed, progress:
+            As in :func:`instruction_sensitivity`.
+
+    Returns:
+        The :class:`~shiftlens.lenses.attribution.derived.ResponseSettingsResult`.
+
+    Raises:
+        ShiftlensError: no prompt has a reference response, or what
+            :func:`instruction_sensitivity` refuses.
+
+    Example:
+        >>> rs = response_settings(pair, toy_prompts(28), max_new_tokens=12)  # doctest: +SKIP
+        >>> print(rs.summary()["sentence"])  # doctest: +SKIP
+    """
+    check_choice("headline", headline, HEADLINES)
+    prompts = check_prompts(prompts, who="response_settings")
+    ids = [prompt_id(pr, i) for i, pr in enumerate(prompts)]
+    keep = [(pid, pr) for pid, pr in zip(ids, prompts) if pr.reference]
+    left = [pid for pid, pr in zip(ids, prompts) if not pr.reference]
+    if not keep:
+        raise ShiftlensError("response_settings: no prompt has a reference response; the "
+                             "same-response setting needs one (instruction_sensitivity scores "
+                             "each model's own response)")
+    if left:
+        warnings.warn(f"response_settings: {len(left)} prompts without a reference response "
+                      f"are left out of both settings: {left[:8]}", ShiftlensWarning,
+                      stacklevel=2)
+    # ids fixed to the full list's, so both settings name each prompt as the caller's list does
+    used = [dataclasses.replace(pr, id=pid) for pid, pr in keep]
+    kw = dict(max_new_tokens=max_new_tokens, mode=mode, chunk_size=chunk_size, levels=levels,
+              threshold=threshold, p=p, alternative=alternative, seed=seed, progress=progress)
+    ref = instruction_sensitivity(pair, used, response="reference", **kw)  # type: ignore[arg-type]
+    own = instruction_sensitivity(pair, used, response="generate", **kw)  # type: ignore[arg-type]
+    return ResponseSettingsResult.from_results(ref, own, headline=headline, left_out=left)
 
 
 # ====================================================================== followed vs unfollowed
@@ -461,6 +565,9 @@ def followed_by_reference(
     Example:
         >>> labels = followed_by_reference(res)  # doctest: +SKIP
     """
+    if not isinstance(result, SensitivityResult):
+        raise ShiftlensError(f"followed_by_reference takes a SensitivityResult, got "
+                             f"{type(result).__name__}")
     check_choice("match", match, ("exact", "prefix"))
     out: dict[tuple[str, str], bool] = {}
     for _, r in result.frame.iterrows():
@@ -474,11 +581,23 @@ def followed_by_reference(
     return out
 
 
+def _check_roles(roles: Any) -> list[str]:
+    if isinstance(roles, str):
+        roles = [roles]
+    if not isinstance(roles, Sequence) or not roles:
+        raise ShiftlensError(f"roles must be 'base', 'tuned' or both, got {roles!r}")
+    bad = [r for r in roles if r not in ROLES]
+    if bad:
+        raise ShiftlensError(f"unknown roles {bad}; use 'base' and/or 'tuned'")
+    return list(dict.fromkeys(roles))
+
+
 def followed_comparison(
     result: SensitivityResult,
     followed: Mapping[Any, bool],
     *,
     roles: Sequence[str] = ROLES,
+    alternative: str = "two-sided",
     seed: int = 0,
 ) -> FollowedResult:
     """Do responses that follow the instruction have a higher instruction score? (§3)
@@ -487,22 +606,37 @@ def followed_comparison(
         result: A :class:`~shiftlens.lenses.attribution.results.SensitivityResult` (its
             scores and responses are used).
         followed: Labels keyed ``(role, prompt_id)``, or ``prompt_id`` (same label for every
-            role). Responses without a label are left out (counted in ``n_unlabelled``).
-        roles: Which models' responses to include.
+            role); each a bool. Responses without a label are left out (counted in
+            ``n_unlabelled``); labelled responses without a score are left out of the tests and
+            named in the summary.
+        roles: Which models' responses to include (``"base"``, ``"tuned"`` or both).
+        alternative: Welch's t-test of followed vs unfollowed: ``"two-sided"`` (default),
+            ``"greater"`` (followed > unfollowed) or ``"less"``.
         seed: Bootstrap seed.
 
     Returns:
-        The :class:`~shiftlens.lenses.attribution.results.FollowedResult`.
+        The :class:`~shiftlens.lenses.attribution.derived.FollowedResult`.
 
     Raises:
-        ShiftlensError: an unknown role, a label for an unknown prompt id, or no label at all.
+        ShiftlensError: not a SensitivityResult, an unknown role, a label for an unknown prompt
+            id, a label that is not a bool, or no label at all.
 
     Example:
         >>> fr = followed_comparison(res, followed_by_reference(res))  # doctest: +SKIP
     """
-    bad = [r for r in roles if r not in ROLES]
-    if bad:
-        raise ShiftlensError(f"unknown roles {bad}; use 'base' and/or 'tuned'")
+    if not isinstance(result, SensitivityResult):
+        raise ShiftlensError(f"followed_comparison takes a SensitivityResult, got "
+                             f"{type(result).__name__}")
+    if not isinstance(followed, Mapping):
+        raise ShiftlensError(f"followed must map (role, prompt id) or prompt id to a bool, got "
+                             f"{type(followed).__name__}")
+    roles = _check_roles(roles)
+    check_choice("alternative", alternative, ALTERNATIVES)
+    seed = check_int("seed", seed)
+    notbool = [k for k, v in followed.items() if not isinstance(v, (bool, np.bool_))]
+    if notbool:
+        raise ShiftlensError(f"followed labels must be True or False, got "
+                             f"{followed[notbool[0]]!r} for {notbool[0]!r}")
     ids = {str(i) for i in result.frame["id"]}
     unknown = sorted({str(k[1] if isinstance(k, tuple) else k) for k in followed} - ids)
     if unknown:
@@ -521,156 +655,6 @@ def followed_comparison(
         raise ShiftlensError("no response has a followed/unfollowed label")
     src = result.meta.get("params") or {}
     meta = make_meta(models=result.model_names, seed=seed, params={
-        "roles": list(roles), **{k: src.get(k) for k in ("levels", "threshold", "p")}})
+        "roles": list(roles), "alternative": alternative,
+        **{k: src.get(k) for k in ("levels", "threshold", "p")}})
     return FollowedResult(pd.DataFrame(rows), n_unl, meta)
-
-
-# ====================================================================== position sensitivity
-def place_instruction(
-    instruction: str,
-    context: Sequence[str],
-    position: str,
-    *,
-    joiner: str = " ",
-    sep: str = "\n",
-    suffix: str = "\nResponse:",
-    id: str = "",
-    category: str | None = None,
-) -> InstructionPrompt:
-    """Build a prompt with ``instruction`` at the start, middle or end of a long context.
-
-    The context pieces (sentences, paragraphs) are joined with ``joiner``; the instruction
-    becomes its own line (``sep``) before them, after them, or between the first and second half
-    of the pieces. ``suffix`` (e.g. a response cue) ends the prompt. Spans are set by offsets.
-
-    Args:
-        instruction: The instruction text.
-        context: The context pieces (at least 2 for ``"middle"``).
-        position: ``"start"``, ``"middle"`` or ``"end"``.
-        joiner: Between context pieces.
-        sep: Between the instruction and the context.
-        suffix: Appended after everything (template).
-        id: Prompt id (default ``""``); ``category``: its category.
-
-    Returns:
-        The :class:`InstructionPrompt` (``meta["position"]`` records the placement).
-
-    Example:
-        >>> p = place_instruction("Summarize the text.", ["A b.", "C d.", "E f."], "middle")
-        >>> p.text
-        'A b.\\nSummarize the text.\\nC d. E f.\\nResponse:'
-    """
-    if position not in POSITIONS:
-        raise ShiftlensError(f"position must be one of {POSITIONS}, got {position!r}")
-    pieces = [str(c) for c in context]
-    if not instruction.strip():
-        raise ShiftlensError(f"prompt {id!r}: empty instruction")
-    if not pieces or not all(c.strip() for c in pieces):
-        raise ShiftlensError(f"prompt {id!r}: the context must be non-empty pieces")
-    if position == "middle" and len(pieces) < 2:
-        raise ShiftlensError(f"prompt {id!r}: 'middle' needs at least 2 context pieces")
-    if position == "start":
-        parts = [("i", instruction), ("t", sep), ("c", joiner.join(pieces))]
-    elif position == "end":
-        parts = [("c", joiner.join(pieces)), ("t", sep), ("i", instruction)]
-    else:
-        k = len(pieces) // 2
-        parts = [("c", joiner.join(pieces[:k])), ("t", sep), ("i", instruction), ("t", sep),
-                 ("c", joiner.join(pieces[k:]))]
-    parts.append(("t", suffix))
-    text, ins, ctx = "", [], []
-    for kind, s in parts:
-        if kind == "i":
-            ins.append((len(text), len(text) + len(s)))
-        elif kind == "c":
-            ctx.append((len(text), len(text) + len(s)))
-        text += s
-    return InstructionPrompt(text, instruction=tuple(ins), context=tuple(ctx), id=id,
-                             category=category, meta={"position": position})
-
-
-def _position_rows(res: SensitivityResult) -> list[dict[str, Any]]:
-    rows = []
-    for _, r in res.frame.iterrows():
-        item, pos = str(r["id"]).rsplit("@", 1)
-        for role in ROLES:
-            rows.append({"item": item, "id": r["id"], "position": pos, "role": role,
-                         "score": r[f"{role}_score"], "n_input": r["n_input"],
-                         "n_instruction": r["n_instruction"],
-                         "n_response": r[f"{role}_n_response"],
-                         "response": r[f"{role}_response"]})
-    return rows
-
-
-def position_sensitivity(
-    pair: Any,
-    items: Sequence[tuple[str, Sequence[str]]],
-    *,
-    positions: Sequence[str] = POSITIONS,
-    ids: Sequence[str] | None = None,
-    responses: Sequence[str] | None = None,
-    suffix: str = "\nResponse:",
-    max_new_tokens: int = 64,
-    mode: str = "auto",
-    chunk_size: int = 16,
-    levels: int = 10,
-    threshold: int = 7,
-    p: float | int = 4,
-    seed: int = 0,
-    progress: bool = True,
-) -> PositionResult:
-    """Instruction score of both models with each instruction at the start, middle or end (§3).
-
-    Every item is an ``(instruction, context_pieces)`` pair; :func:`place_instruction` builds
-    one prompt per placement (id ``"<item id>@<position>"``). Each model is attributed on its
-    own greedy response per prompt, or on a fixed response per item (``responses``), which
-    keeps the response identical across placements.
-
-    Args:
-        pair: A :class:`shiftlens.ModelPair`.
-        items: ``(instruction, context_pieces)`` pairs.
-        positions: Placements to compare.
-        ids: Item ids (default ``"item-000"``...).
-        responses: Optional fixed response text per item.
-        suffix: Appended to every prompt (e.g. a response cue).
-        max_new_tokens, mode, chunk_size: See :func:`~shiftlens.lenses.attribution.core.attribute`.
-        levels, threshold, p: Density parameters.
-        seed: Bootstrap seed.
-        progress: Progress bar.
-
-    Returns:
-        The :class:`~shiftlens.lenses.attribution.results.PositionResult`.
-
-    Example:
-        >>> items = [("Count the animals.", ["A cat sat.", "A dog ran.", "Rain fell."])]
-        >>> pr = position_sensitivity(pair, items)  # doctest: +SKIP
-    """
-    items = list(items)
-    if not items:
-        raise ShiftlensError("position_sensitivity: no items given")
-    bad = [p_ for p_ in positions if p_ not in POSITIONS]
-    if bad or not positions:
-        raise ShiftlensError(f"positions must be a non-empty subset of {POSITIONS}, got "
-                             f"{positions}")
-    ids = [f"item-{i:03d}" for i in range(len(items))] if ids is None else [str(i) for i in ids]
-    if len(ids) != len(items):
-        raise ShiftlensError(f"{len(ids)} ids for {len(items)} items")
-    if responses is not None and len(responses) != len(items):
-        raise ShiftlensError(f"{len(responses)} responses for {len(items)} items")
-    prompts, resp = [], []
-    for i, (ins, ctx) in enumerate(items):
-        for pos in positions:
-            prompts.append(place_instruction(ins, ctx, pos, suffix=suffix, id=f"{ids[i]}@{pos}",
-                                             category=pos))
-            resp.append(None if responses is None else responses[i])
-    res = instruction_sensitivity(
-        pair, prompts, response="generate" if responses is None else resp,  # type: ignore[arg-type]
-        max_new_tokens=max_new_tokens, mode=mode, chunk_size=chunk_size, levels=levels,
-        threshold=threshold, p=p, seed=seed, progress=progress,
-    )
-    params = {"positions": list(positions), "levels": levels, "threshold": threshold, "p": p,
-              "response": "generate" if responses is None else "given", "suffix": suffix,
-              "max_new_tokens": max_new_tokens}
-    return PositionResult(pd.DataFrame(_position_rows(res)),
-                          make_meta(pair, seed=seed, params=params))
-

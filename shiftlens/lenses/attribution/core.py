@@ -33,28 +33,35 @@ Devices: the tokens go to :func:`shiftlens.bridge.device_of` (the input embeddin
 device, also for a model dispatched over several devices or with offloaded weights); the
 embeddings ``E`` live where the embedding ran and the hidden states ``H`` where the unembedding
 runs, and every index tensor is moved to the device of the tensor it indexes.
+
+Non-finite values: a matrix or probability that is NaN or infinite (NaN weights edited into a
+model in memory, a float16 overflow) is never returned: the error names the prompt and the model,
+the hook (and layer) where a forward pass first turns non-finite, and the non-finite weights.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import numbers
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
 import einops
+import numpy as np
 import torch
 import torch.autograd.forward_ad as fwAD
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from shiftlens.bridge import device_of
+from shiftlens.bridge import check_finite_weights, device_of
 from shiftlens.bridge import model_name as _name
 from shiftlens.checks import check_choice, check_int
 from shiftlens.errors import ShiftlensError, ShiftlensWarning
-from shiftlens.generate import greedy
+from shiftlens.generate import DEFAULT_MAX_NEW_TOKENS, greedy
 from shiftlens.lenses.attribution.results import AttributionResult
 from shiftlens.prompts import (
     BOS,
@@ -64,10 +71,13 @@ from shiftlens.prompts import (
     tokenize_prompt,
 )
 from shiftlens.result import make_meta
+from shiftlens.tokens import token_strings
 
 __all__ = [
     "MODES",
+    "check_model",
     "check_autograd",
+    "locate_nonfinite",
     "greedy_response",
     "attribution_matrix",
     "attribute",
@@ -103,6 +113,126 @@ def check_autograd(model: Any, label: str) -> None:
             f"{label}: the model's weights are inference tensors (it was loaded or modified "
             "under torch.inference_mode()); reload it outside inference mode"
         )
+
+
+def check_model(model: Any, who: str = "") -> None:
+    """Raise a :class:`ShiftlensError` unless ``model`` looks like a TransformerBridge.
+
+    Attribution needs ``cfg``, ``parameters()``, ``hooks()`` and a forward call; anything else
+    (a Hugging Face model, a path, None) is named in the message.
+
+    Example:
+        >>> check_model(None, "attribute")
+        Traceback (most recent call last):
+        ...
+        shiftlens.errors.ShiftlensError: attribute: model must be a TransformerBridge (load one with shiftlens.load_bridge), got NoneType
+    """
+    if not all(hasattr(model, a) for a in ("cfg", "parameters", "hooks")) or not callable(model):
+        pre = f"{who}: " if who else ""
+        raise ShiftlensError(f"{pre}model must be a TransformerBridge (load one with "
+                             f"shiftlens.load_bridge), got {type(model).__name__}")
+
+
+#: Hooks of one block in the order a forward pass computes them (where the model has them).
+_BLOCK_HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out",
+                "hook_resid_post")
+
+
+def _nonfinite_at(x: Tensor) -> tuple[int, int] | None:
+    """``(count, first position)`` of the NaN/infinite entries of ``x [batch, pos, ...]``."""
+    if not x.is_floating_point() or x.numel() == 0:
+        return None
+    bad = ~torch.isfinite(x.detach())
+    if not bool(bad.any()):
+        return None
+    first = torch.nonzero(bad)[0]
+    return int(bad.sum()), int(first[1]) if first.numel() > 1 else int(first[0])
+
+
+def locate_nonfinite(model: Any, tokens: Int[Tensor, " pos"]) -> tuple[str, int, int] | None:
+    """Where one forward pass of ``model`` on ``tokens`` first produces a NaN or an infinity.
+
+    Checks, in the order they are computed, ``hook_embed``, then every block's
+    ``hook_resid_pre``, ``hook_attn_out``, ``hook_resid_mid``, ``hook_mlp_out`` and
+    ``hook_resid_post`` (those the model has), then the logits. Nothing is stored.
+
+    Args:
+        model: A TransformerBridge.
+        tokens: One sequence ``[pos]``.
+
+    Returns:
+        ``(hook name or "logits", layer or -1, first position)``, or None when all are finite.
+
+    Example:
+        >>> locate_nonfinite(pair.tuned, tp.tokens)  # doctest: +SKIP
+        ('blocks.1.hook_mlp_out', 1, 0)
+    """
+    names = [("hook_embed", -1)] + [
+        (f"blocks.{layer}.{h}", layer) for layer in range(int(model.cfg.n_layers))
+        for h in _BLOCK_HOOKS]
+    names = [(n, layer) for n, layer in names if n in model.hook_dict]
+    found: list[tuple[int, str, int, int]] = []
+
+    def make(rank: int, name: str, layer: int) -> Any:
+        def hook(act: Tensor, hook: Any = None) -> Tensor:
+            r = _nonfinite_at(act)
+            if r is not None:
+                found.append((rank, name, layer, r[1]))
+            return act
+
+        return hook
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[(n, make(k, n, layer))
+                                                 for k, (n, layer) in enumerate(names)]):
+        logits = model(tokens.reshape(1, -1).to(device_of(model)), return_type="logits")
+    if found:
+        _, name, layer, pos = min(found)
+        return name, layer, pos
+    r = _nonfinite_at(logits)
+    return None if r is None else ("logits", -1, r[1])
+
+
+def _nonfinite_error(model: Any, tokens: Tensor, label: str, what: str) -> ShiftlensError:
+    """The error for a non-finite attribution: prompt and model (``label``), where the forward
+    pass first turns non-finite (hook, layer, position) and which weights are non-finite."""
+    msg = f"{label}: {what}"
+    try:
+        where = locate_nonfinite(model, tokens)
+    except Exception as e:  # noqa: BLE001 - the diagnosis must not hide the finding
+        where, msg = None, msg + f"; locating it failed ({type(e).__name__}: {e})"
+    if where is not None:
+        name, layer, pos = where
+        at = "the logits" if name == "logits" else (
+            f"{name} (layer {layer})" if layer >= 0 else f"{name} (the input embedding)")
+        msg += f"; the forward pass first becomes non-finite at {at}, position {pos}"
+    else:
+        msg += "; the forward pass is finite, so the gradients overflowed"
+    try:
+        check_finite_weights(model, name=_name(model))
+        dtype = next(iter(model.parameters())).dtype
+        msg += (f"; its weights are all finite, so a value overflowed ({dtype}"
+                + ("): load the model in float32" if dtype in (torch.float16, torch.bfloat16)
+                   else "): check the scale of the weights"))
+    except ShiftlensError as e:
+        msg += f"; {e} (edited after loading?)"
+    return ShiftlensError(msg + ". No attribution is returned over non-finite values.")
+
+
+@contextlib.contextmanager
+def _quiet_torch_jit() -> Iterator[None]:
+    """Forward-mode AD without torch's own deprecation noise.
+
+    On first use in a process, ``torch.autograd.forward_ad.make_dual`` (also under
+    ``torch.func.jvp``) imports ``torch._decomp.decompositions_for_jvp``, which registers its
+    decompositions with ``torch.jit.script``; torch 2.13 then warns "`torch.jit.script` is
+    deprecated" (a ``DeprecationWarning``, 18 times). It is torch talking to itself, nothing
+    the user can act on, and under ``-W error`` it would break forward mode: that one message
+    is ignored here, nothing else.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
+                                category=DeprecationWarning)
+        yield
 
 
 def greedy_response(
@@ -321,10 +451,13 @@ def _check_matrix_input(
     chunk_size: int, label: str,
 ) -> Tensor:
     """Validate :func:`attribution_matrix`'s arguments; return the input positions (CPU)."""
+    check_model(model, label)
     check_autograd(model, label)
     check_choice("mode", mode, MODES, who=label)
     check_int("chunk_size", chunk_size, minimum=1, who=label)
+    _check_ids("tokens", tokens, model, label)
     T = int(tokens.shape[0])
+    n_prompt = check_int("n_prompt", n_prompt, who=label)
     if not 1 <= n_prompt < T:
         raise ShiftlensError(
             f"{label}: need at least one prompt and one response token (n_prompt={n_prompt}, "
@@ -333,12 +466,63 @@ def _check_matrix_input(
     n_ctx = getattr(model.cfg, "n_ctx", None)
     if n_ctx is not None and T > n_ctx:
         raise ShiftlensError(f"{label}: {T} tokens exceed the context length {n_ctx}")
+    if input_positions is not None and not (
+            isinstance(input_positions, Tensor) and input_positions.ndim == 1
+            and not input_positions.is_floating_point() and not input_positions.is_complex()
+            and input_positions.dtype != torch.bool):
+        raise ShiftlensError(f"{label}: input_positions must be a 1-D integer tensor, got "
+                             f"{_describe(input_positions)}")
     in_pos = torch.arange(n_prompt) if input_positions is None else input_positions.cpu()
     if in_pos.numel() == 0:
         raise ShiftlensError(f"{label}: no input position to attribute to")
     if int(in_pos.min()) < 0 or int(in_pos.max()) >= n_prompt:
         raise ShiftlensError(f"{label}: input positions must lie in [0, {n_prompt})")
     return in_pos
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, Tensor):
+        return f"a {x.dtype} tensor of shape {tuple(x.shape)}"
+    return f"{x!r:.60}" if isinstance(x, (str, int, float)) else type(x).__name__
+
+
+def _check_ids(what: str, ids: Any, model: Any, label: str) -> Tensor:
+    """``ids`` as a 1-D integer tensor of token ids inside the model's vocabulary."""
+    if not isinstance(ids, Tensor) or ids.ndim != 1 or ids.is_floating_point() \
+            or ids.is_complex() or ids.dtype == torch.bool:
+        raise ShiftlensError(f"{label}: {what} must be a 1-D integer tensor of token ids, got "
+                             f"{_describe(ids)}")
+    d_vocab = getattr(model.cfg, "d_vocab", None)
+    if ids.numel() and (int(ids.min()) < 0 or (d_vocab is not None
+                                               and int(ids.max()) >= int(d_vocab))):
+        bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+        raise ShiftlensError(f"{label}: {what} holds token id {bad}, outside the model's "
+                             f"vocabulary [0, {d_vocab})")
+    return ids
+
+
+def _response_ids(response: Any, model: Any, label: str) -> Tensor:
+    """Given response token ids (a sequence of ints, an integer array or tensor) as ``[n]``."""
+    ids = response
+    if isinstance(ids, np.ndarray):  # numbers -> a tensor (its dtype is checked below)
+        ids = torch.from_numpy(np.ascontiguousarray(ids)) if ids.dtype.kind in "iubf" \
+            else list(ids)
+    if isinstance(ids, Tensor):
+        if ids.ndim == 2 and ids.shape[0] == 1:  # [1, n]: one sequence with a batch axis
+            ids = ids[0]
+    elif isinstance(ids, Sequence) and not isinstance(ids, (str, bytes)):
+        bad = [v for v in ids if isinstance(v, bool)
+               or not isinstance(v, (numbers.Integral, np.integer))]
+        if bad:
+            raise ShiftlensError(f"{label}: response token ids must be integers, got "
+                                 f"{bad[0]!r} ({type(bad[0]).__name__})")
+        ids = torch.tensor([int(v) for v in ids], dtype=torch.long)
+    else:
+        raise ShiftlensError(f"{label}: response must be a text, token ids or None (generate), "
+                             f"got {_describe(response)}")
+    if isinstance(ids, Tensor) and ids.ndim == 1 and ids.numel() == 0:
+        raise ShiftlensError(f"{label}: the response is empty")
+    return _check_ids("response", ids, model, label).to(torch.long).cpu()
 
 
 def _forward_or_fallback(
@@ -350,11 +534,13 @@ def _forward_or_fallback(
     desc = "attribute (forward)"
     E0, _, g, probs, hrows = _head_pass(model, toks, q, y, reverse=False)
     try:
-        try:
-            a = _forward_matrix_vmap(model, toks, q, E0, g, hrows, in_pos, chunk, progress, desc)
-        except (RuntimeError, NotImplementedError) as e:
-            info["forward_impl"] = f"dual tensors (vmap failed: {type(e).__name__})"
-            a = _forward_matrix_dual(model, toks, q, g, hrows, in_pos, chunk, progress, desc)
+        with _quiet_torch_jit():
+            try:
+                a = _forward_matrix_vmap(model, toks, q, E0, g, hrows, in_pos, chunk, progress,
+                                         desc)
+            except (RuntimeError, NotImplementedError) as e:
+                info["forward_impl"] = f"dual tensors (vmap failed: {type(e).__name__})"
+                a = _forward_matrix_dual(model, toks, q, g, hrows, in_pos, chunk, progress, desc)
     except (RuntimeError, NotImplementedError) as e:
         if mode == "forward":
             raise ShiftlensError(f"{label}: forward-mode AD failed on this model: {e}") from e
@@ -399,6 +585,12 @@ def attribution_matrix(
         and, when vector-Jacobian products could not be batched, ``vjp_batching``. The matrix
         is float64 for float64 models, else float32; on the CPU.
 
+    Raises:
+        ShiftlensError: tokens that are not a 1-D integer tensor inside the vocabulary, a bad
+            ``n_prompt`` / ``input_positions`` / ``mode`` / ``chunk_size``, gradients disabled,
+            or a non-finite matrix or probability (naming the prompt, the model, where the
+            forward pass first turns non-finite and the non-finite weights).
+
     Example:
         >>> a, p, info = attribution_matrix(model, torch.tensor([0, 5, 9, 4, 7]), 3)  # doctest: +SKIP
         >>> a.shape, info["mode"]  # doctest: +SKIP
@@ -417,7 +609,7 @@ def attribution_matrix(
         info: dict[str, Any] = {"mode_reason": f"auto: N={N} {'<=' if N <= M else '>'} M={M}"}
     else:
         chosen, info = mode, {"mode_reason": "requested"}
-    got = None
+    got: tuple[Tensor, Tensor] | None = None
     if chosen == "forward":
         got = _forward_or_fallback(model, toks, q, y, in_pos, mode, chunk_size, progress, label,
                                    info)
@@ -432,6 +624,11 @@ def attribution_matrix(
     else:
         a, probs = got
     info = {"mode": chosen, **info}
+    bad_a, bad_p = int((~torch.isfinite(a)).sum()), int((~torch.isfinite(probs)).sum())
+    if bad_a or bad_p:
+        raise _nonfinite_error(model, tokens, label, (
+            f"{bad_a} of {a.numel()} attributions and {bad_p} of {probs.numel()} response "
+            "probabilities are NaN or infinite"))
     wdtype = next(iter(model.parameters())).dtype
     out = torch.float64 if wdtype == torch.float64 else torch.float32
     return a.detach().to(out).cpu(), probs.to(out).cpu(), info
@@ -439,7 +636,8 @@ def attribution_matrix(
 
 # ====================================================================== one prompt, one model
 def _decode_tokens(tokenizer: Any, ids: Sequence[int]) -> tuple[str, ...]:
-    """Raw token strings (``convert_ids_to_tokens``: byte-level ``Ġ``, sentencepiece ``▁``)."""
+    """Raw vocabulary entries (``convert_ids_to_tokens``: byte-level ``Ġ``, sentencepiece ``▁``);
+    kept beside the display strings for whoever needs the vocabulary's own spelling."""
     if tokenizer is None:
         return tuple(str(i) for i in ids)
     return tuple(str(t) for t in tokenizer.convert_ids_to_tokens([int(i) for i in ids]))
@@ -476,16 +674,15 @@ def _with_response(
             )
         gen = greedy(model, tp.tokens, room)
         if gen.tokens.numel() == 0:
+            if locate_nonfinite(model, tp.tokens) is not None:  # EOS chosen from NaN logits
+                raise _nonfinite_error(model, tp.tokens, label, "the logits are not finite, "
+                                       "so the greedy response means nothing")
             raise ShiftlensError(
                 f"{label}: the model's greedy response is empty (it emits EOS first); nothing "
                 "to attribute"
             )
         return _append(tp, gen.tokens, n_ctx, label), True, bool(gen.stopped)
-    ids = response if isinstance(response, Tensor) else torch.tensor(list(response))
-    ids = ids.to(torch.long).flatten().cpu()
-    if ids.numel() == 0:
-        raise ShiftlensError(f"{label}: the response is empty")
-    return _append(tp, ids, n_ctx, label), False, None
+    return _append(tp, _response_ids(response, model, label), n_ctx, label), False, None
 
 
 def attribute(
@@ -493,7 +690,7 @@ def attribute(
     prompt: InstructionPrompt | str,
     response: str | Sequence[int] | Int[Tensor, " n_resp"] | None = None,
     *,
-    max_new_tokens: int = 64,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     mode: str = "auto",
     chunk_size: int = 16,
     progress: bool = False,
@@ -510,8 +707,10 @@ def attribute(
     Args:
         model: A TransformerBridge (with a tokenizer).
         prompt: The prompt (a plain string is a prompt without instruction span).
-        response: Response text, response token ids, or None to generate greedily.
-        max_new_tokens: Generation limit (capped by the context length).
+        response: Response text, response token ids (a sequence of ints, or a 1-D integer
+            tensor or array; ``[1, n]`` is read as one sequence), or None to generate greedily.
+        max_new_tokens: Generation limit (>= 1; capped by the context length). Default
+            :data:`shiftlens.generate.DEFAULT_MAX_NEW_TOKENS` (32).
         mode: ``"auto"`` (forward when ``N <= M``, else reverse), ``"forward"`` or ``"reverse"``.
         chunk_size: Products per batch (bounds memory: activations of ``chunk_size`` copies).
         progress: Show a progress bar over chunks.
@@ -521,8 +720,12 @@ def attribute(
         The :class:`~shiftlens.lenses.attribution.results.AttributionResult`.
 
     Raises:
-        ShiftlensError: empty response, prompt + response longer than the context, gradients
-            disabled (``torch.no_grad``) or inference mode, bad mode/chunk size.
+        ShiftlensError: a model that is not a bridge, a prompt that is neither an
+            InstructionPrompt nor a text, an empty response, response ids that are not integers
+            or lie outside the vocabulary, prompt + response longer than the context, gradients
+            disabled (``torch.no_grad``) or inference mode, bad mode / chunk size /
+            ``max_new_tokens``, a non-finite attribution (naming the prompt, the model, where
+            the forward pass first turns non-finite and the non-finite weights).
 
     Example:
         >>> from shiftlens.testing import tiny_bridge
@@ -532,12 +735,22 @@ def attribute(
         >>> att.matrix.shape == (att.n_input, att.n_output)  # doctest: +SKIP
         True
     """
+    check_model(model, "attribute")
+    if model_name is not None and not isinstance(model_name, str):
+        raise ShiftlensError(f"attribute: model_name must be a text, got {_describe(model_name)}")
     name = model_name or _name(model)
     if isinstance(prompt, str):
         prompt = InstructionPrompt(prompt)
+    if not isinstance(prompt, InstructionPrompt):
+        raise ShiftlensError(f"attribute ({name}): prompt must be an InstructionPrompt or a "
+                             f"text, got {_describe(prompt)}")
     label = f"prompt {prompt.label} ({name})"
     check_autograd(model, label)
     check_choice("mode", mode, MODES, who=label)
+    check_int("max_new_tokens", max_new_tokens, minimum=1, who=label)
+    check_int("chunk_size", chunk_size, minimum=1, who=label)
+    if response is not None and not isinstance(response, str):
+        _response_ids(response, model, label)  # checked before the prompt is tokenized
     tok = getattr(model, "tokenizer", None)
     if tok is None:
         raise ShiftlensError(f"{name}: the model has no tokenizer")
@@ -563,9 +776,11 @@ def attribute(
     meta = make_meta(models={"model": name}, params={
         "chunk_size": chunk_size, "mode": mode,
         "max_new_tokens": max_new_tokens if response is None else None}, **extra)
+    ids = tp.tokens.tolist()
     return AttributionResult(
         prompt=prompt, tokens=tp.tokens, segments=tp.segments, n_prompt=tp.n_prompt, matrix=a,
-        probs=probs, response=tok.decode(tp.tokens[tp.n_prompt :].tolist()), mode=info["mode"],
-        generated=generated, token_strings=_decode_tokens(tok, tp.tokens.tolist()), meta=meta,
+        probs=probs, response=tok.decode(ids[tp.n_prompt :]), mode=info["mode"],
+        generated=generated, token_strings=tuple(token_strings(tok, ids)),
+        raw_token_strings=_decode_tokens(tok, ids), meta=meta,
     )
 

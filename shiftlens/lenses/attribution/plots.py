@@ -7,6 +7,7 @@ frame), with bootstrap CIs and a test per category.
 
 from __future__ import annotations
 
+import textwrap
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,15 +18,18 @@ import pandas as pd
 
 from shiftlens.errors import ShiftlensError
 from shiftlens.lenses.attribution.density import sparsify
+from shiftlens.lenses.attribution.derived import (
+    FollowedResult,
+    PositionResult,
+    ResponseSettingsResult,
+)
 from shiftlens.lenses.attribution.results import (
     ROLES,
     AttributionResult,
-    FollowedResult,
-    PositionResult,
     SensitivityResult,
 )
 from shiftlens.prompts import CONTEXT, INSTRUCTION
-from shiftlens.stats import bootstrap_ci, paired_test, welch_test
+from shiftlens.stats import bootstrap_ci, fmt_number, paired_test, test_label, welch_test
 from shiftlens.viz.style import (
     BASE_COLOR,
     ROLE_COLORS,
@@ -37,6 +41,7 @@ from shiftlens.viz.style import (
 __all__ = [
     "attribution_figure",
     "sensitivity_figure",
+    "settings_figure",
     "followed_figure",
     "position_figure",
     "instruction_score_figure",
@@ -53,7 +58,10 @@ def _sym_limits(m: Any) -> dict[str, float]:
 def attribution_figure(result: AttributionResult, *, sparsified: bool = False) -> Any:
     """Heatmap of one attribution matrix (prompt tokens x response tokens), density beside it.
 
-    Instruction tokens' density bars are red, context blue, template grey.
+    Tokens are shown as people read them (:func:`shiftlens.tokens.display_token`: `` reverse``,
+    ``⏎``, never the vocabulary's ``Ġreverse`` / ``Ċ``). Instruction tokens' density bars are
+    red, context blue, template grey. The model, the mode and the instruction score head the
+    figure; the colour scale sits under the heatmap.
 
     Args:
         result: An :class:`~shiftlens.lenses.attribution.results.AttributionResult`.
@@ -68,12 +76,14 @@ def attribution_figure(result: AttributionResult, *, sparsified: bool = False) -
     m = result.matrix.detach().double().cpu()
     if sparsified:
         m = sparsify(m)
-    strings = result.token_strings or tuple(str(int(t)) for t in result.tokens)
-    ins = [repr(strings[int(i)])[1:-1] for i in result.input_positions]
-    outs = [repr(strings[int(i)])[1:-1] for i in range(result.n_prompt, len(result.tokens))]
-    fig, axes = new_figure(1, 2, width=max(4.0, 0.3 * len(outs) + 3.5),
-                           height=max(3.0, 0.22 * len(ins) + 1.5), sharey=True,
-                           gridspec_kw={"width_ratios": [max(1, len(outs)), 3]})
+    shown = result.display_strings
+    ins = [shown[int(i)] for i in result.input_positions]
+    outs = [shown[i] for i in range(result.n_prompt, len(result.tokens))]
+    heat = max(1.2, 0.28 * len(outs))  # inches of heatmap; the density panel gets 1.8
+    width = heat + 1.8 + 2.2  # + room for the prompt tokens and the margins
+    fig, axes = new_figure(1, 2, width=width, height=max(3.4, 0.2 * len(ins) + 2.2),
+                           sharey=True, layout="constrained",
+                           gridspec_kw={"width_ratios": [heat, 1.8]})
     ax, ax2 = axes[0]
     im = ax.imshow(m.numpy(), aspect="auto", cmap="magma" if sparsified else "RdBu_r",
                    **({} if sparsified else _sym_limits(m)))
@@ -81,18 +91,18 @@ def attribution_figure(result: AttributionResult, *, sparsified: bool = False) -
     ax.set_xticks(range(len(outs)), outs, rotation=90)
     ax.set_xlabel("response token")
     ax.set_ylabel("prompt token")
-    name = Path(result.model_name).name or result.model_name
-    ax.set_title(f"{name}: e·dp/de ({result.mode} mode)")
-    cb = fig.colorbar(im, ax=ax, fraction=0.04)
-    cb.ax.set_title("level s" if sparsified else "a[n, m]", loc="left")  # the unit, clear of ax2
+    cb = fig.colorbar(im, ax=ax, location="bottom", shrink=min(0.9, 4.0 / heat), aspect=25,
+                      pad=0.02)  # at most 4 inches long, a thin bar
+    cb.set_label("sparsified level s" if sparsified else "attribution a[n, m] = e·∂p/∂e")
     dens = result.density().cpu().numpy()
     colors = [_SEGMENT_COLORS.get(s, "0.6") for s in result.input_segments.tolist()]
     ax2.barh(range(len(ins)), dens, color=colors)
+    ax2.set_xlim(0, 1.05)
     ax2.set_xlabel("importance density")
-    ax2.set_title(f"instruction score {result.score_or_nan():.3f}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # tight_layout beside a colorbar
-        fig.tight_layout()
+    name = Path(result.model_name).name or result.model_name or "model"
+    score = fmt_number(result.score_or_nan(), ".3f")
+    title = f"{name}: {result.mode} mode, instruction score {score}"
+    fig.suptitle(textwrap.fill(title, max(30, int(width * 11))), fontsize=10)
     return fig
 
 
@@ -103,14 +113,15 @@ def _category_scores(result: SensitivityResult) -> pd.DataFrame:
 def sensitivity_figure(result: SensitivityResult) -> Any:
     """Mean instruction score of base and tuned per category (bars), every prompt a dot.
 
-    The title gives the overall difference and the one-sided Welch p (tuned > base).
+    The title gives the overall difference and Welch's test as the result's summary states it
+    (two-sided unless the analysis asked otherwise), over the prompts both models scored.
 
     Example:
         >>> fig = sensitivity_figure(instruction_sensitivity(pair, prompts))  # doctest: +SKIP
     """
     df = _category_scores(result)
     cats = sorted(df["category"].unique())
-    fig, axes = new_figure(width=max(4.0, 1.1 * len(cats) + 2), height=3.6)
+    fig, axes = new_figure(width=max(5.2, 1.1 * len(cats) + 2), height=3.8)
     ax = axes[0, 0]
     x = np.arange(len(cats))
     for k, role in enumerate(ROLES):
@@ -123,9 +134,54 @@ def sensitivity_figure(result: SensitivityResult) -> Any:
     ax.set_xticks(x, cats, rotation=30, ha="right")
     ax.set_xlabel("prompt category")
     ax.set_ylabel("instruction score")
-    o = result.summary()["overall"]
-    ax.set_title(f"tuned - base {o['diff']:+.3f} (one-sided Welch p={o['pvalue']:.2g})")
-    ax.legend()
+    s = result.summary()
+    o = s["overall"]
+    ax.set_title(f"tuned − base {fmt_number(o['diff'], '+.3f')}\n"
+                 f"{test_label('Welch t-test', s['alternative'])} p = "
+                 f"{fmt_number(o['pvalue'], '.2g')}, n = {s['n_scored']}")
+    ax.legend(loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def _setting_panel(ax: Any, res: SensitivityResult, title: str) -> None:
+    """Base and tuned mean score with bootstrap 95% CIs and every prompt as a dot; the mean
+    response length of each model under its bar."""
+    sub = res.frame[res.scored()]
+    lengths = res.response_lengths()
+    for k, role in enumerate(ROLES):
+        v = sub[f"{role}_score"].to_numpy(float)
+        mean = float(v.mean()) if v.size else float("nan")
+        lo, hi = bootstrap_ci(v) if v.size >= 2 else (mean, mean)
+        err = [[mean - lo if np.isfinite(lo) else 0.0], [hi - mean if np.isfinite(hi) else 0.0]]
+        ax.bar(k, mean, 0.6, yerr=err, capsize=3, color=ROLE_COLORS[role], alpha=0.75)
+        jitter = np.linspace(-0.18, 0.18, max(1, v.size))
+        ax.scatter(k + jitter[: v.size], v, s=6, color="0.2", zorder=3)
+    ax.set_xticks(range(len(ROLES)),
+                  [f"{r}\n{fmt_number(lengths[r], '.1f')} tokens" for r in ROLES])
+    s = res.summary()
+    o = s["overall"]
+    ax.set_title(f"{title}\ntuned − base {fmt_number(o['diff'], '+.3f')}, "
+                 f"{test_label('Welch', s['alternative'])} p = {fmt_number(o['pvalue'], '.2g')}")
+
+
+def settings_figure(result: ResponseSettingsResult) -> Any:
+    """Both response settings side by side: base and tuned on the same reference response, and
+    each on its own greedy response (the paper's setting), mean response length under each bar.
+
+    The headline setting's panel comes first and says so.
+
+    Example:
+        >>> fig = settings_figure(response_settings(pair, prompts))  # doctest: +SKIP
+    """
+    h = result.headline
+    order = [h, "own" if h == "reference" else "reference"]
+    titles = {"reference": "same reference response", "own": "own greedy response (paper)"}
+    fig, axes = new_figure(1, 2, width=7.6, height=3.9, sharey=True)
+    for ax, key in zip(axes[0], order):
+        res = result.reference if key == "reference" else result.own
+        _setting_panel(ax, res, titles[key] + (" · headline" if key == h else ""))
+    axes[0, 0].set_ylabel("instruction score")
     fig.tight_layout()
     return fig
 
@@ -149,7 +205,12 @@ def followed_figure(result: FollowedResult) -> Any:
     ax.boxplot(data, showmeans=True)
     ax.set_xticks(range(1, len(labels) + 1), labels)
     ax.set_ylabel("instruction score")
-    ax.set_title(f"followed > unfollowed: p={result.summary()['pooled']['pvalue']:.2g}")
+    s = result.summary()
+    alt = s["alternative"]
+    name = "two-sided" if alt == "two-sided" else \
+        f"one-sided (followed {'>' if alt == 'greater' else '<'} unfollowed)"
+    ax.set_title(f"followed − unfollowed {fmt_number(s['pooled']['diff'], '+.3f')}\n"
+                 f"{name} Welch p = {fmt_number(s['pooled']['pvalue'], '.2g')}")
     fig.tight_layout()
     return fig
 
@@ -161,7 +222,7 @@ def position_figure(result: PositionResult) -> Any:
         >>> fig = position_figure(position_sensitivity(pair, items))  # doctest: +SKIP
     """
     positions = result.positions
-    fig, axes = new_figure(width=4.2, height=3.2)
+    fig, axes = new_figure(width=5.2, height=3.4)
     ax = axes[0, 0]
     for role in ROLES:
         g = result.frame[result.frame["role"] == role].groupby("position")["score"]
@@ -249,8 +310,8 @@ def instruction_score_figure(
     Given a :class:`~shiftlens.lenses.attribution.results.SensitivityResult`, its own figure
     (:func:`sensitivity_figure`: mean per category with every prompt as a dot) is drawn with
     the model names under it. Given a frame (your own scores), the figure is built here: mean
-    per category with 95% bootstrap CIs, and per category the p-value of a paired t-test
-    across prompts (Welch's test when prompts cannot be paired); the last group pools all
+    per category with 95% bootstrap CIs, and per category the p-value of a two-sided paired
+    t-test across prompts (Welch's test when prompts cannot be paired); the last group pools all
     prompts.
 
     The instruction score sums the importance density of the instruction tokens (divided by
@@ -304,7 +365,7 @@ def instruction_score_figure(
                 va="bottom", fontsize=9)
     ax.set_xticks(np.arange(len(groups)), groups, rotation=20 if len(groups) > 4 else 0)
     ax.set_ylim(0, top * 1.25 + 1e-9)
-    ax.set_xlabel("prompt category")
+    ax.set_xlabel("prompt category (p: two-sided t-test, paired where prompts pair)")
     ax.set_ylabel("instruction score (importance density)")
     ax.set_title(title)
     ax.legend(loc="upper left")

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from shiftlens.errors import ShiftlensError
+from shiftlens.generate import DEFAULT_MAX_NEW_TOKENS
 from shiftlens.lenses.attribution.compare import (
     SensitivityPlan,
     SensitivityRecord,
@@ -58,12 +59,13 @@ class SensitivityUnits:
         prompts: Sequence[Any],
         *,
         response: str | Sequence[str | None] = "generate",
-        max_new_tokens: int = 64,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         mode: str = "auto",
         chunk_size: int = 16,
         levels: int = 10,
         threshold: int = 7,
         p: float | int = 4,
+        alternative: str = "two-sided",
         seed: int = 0,
     ) -> dict[str, Any]:
         """Validate (:func:`validate_sensitivity`); the plan as plain values.
@@ -73,7 +75,8 @@ class SensitivityUnits:
         """
         return validate_sensitivity(
             pair, prompts, response=response, max_new_tokens=max_new_tokens, mode=mode,
-            chunk_size=chunk_size, levels=levels, threshold=threshold, p=p, seed=seed,
+            chunk_size=chunk_size, levels=levels, threshold=threshold, p=p,
+            alternative=alternative, seed=seed,
         ).to_dict()
 
     def compute(self, plan: Mapping[str, Any], role: str, model: Any, prompt: Any,
