@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -64,7 +65,8 @@ def test_inprocess_run_equals_reference_one_model_at_a_time(dirs, prompts, refer
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["units_name"] == "synthetic.token_stats" and info["params"] == {"scale": 0.5}
     assert info["prompts"]["n"] == N and len(info["prompts"]["sha256"]) == 64
-    assert info["models"]["base"]["name"] == dirs[0]
+    assert info["models"]["base"]["name"] == reference["synth"].meta["models"]["base"]
+    assert info["sources"]["base"] == str(Path(dirs[0]).resolve())
     assert info["models"]["base"]["fingerprint"] != info["models"]["tuned"]["fingerprint"]
     assert info["load"] == {"dtype": "float32", "processing": "raw"}
     assert set(info["versions"]) >= {"torch", "transformers", "shiftlens"}
@@ -81,6 +83,12 @@ def test_registered_ref_merges_without_units(dirs, prompts, reference, tmp_path)
     run_lens("test_runner_units:SYNTH", dirs, prompts, tmp_path / "r", params={"scale": 0.5},
              progress=False)
     _assert_equal(load_run(tmp_path / "r"), reference["synth"])  # units found from run.json
+    run_lens(SYNTH, dirs, prompts[:2], tmp_path / "named", names=("base 7B", "chat 7B"),
+             progress=False)
+    assert load_run(tmp_path / "named", units=SYNTH).meta["models"] == {"base": "base 7B",
+                                                                        "tuned": "chat 7B"}
+    with pytest.raises(ShiftlensError, match="two different"):
+        run_lens(SYNTH, dirs, prompts[:2], tmp_path / "x", names=("a", "a"), progress=False)
 
 
 def test_crash_then_resume_computes_each_record_once(dirs, prompts, reference, tmp_path):
@@ -131,6 +139,8 @@ def test_resume_refuses_other_inputs(dirs, prompts, tmp_path, tiny_dirs):
         run_lens(SYNTH, (dirs[0], str(other)), prompts, out, params={"scale": 0.5}, **kw)
     with pytest.raises(ShiftlensError, match=r"load\.dtype"):
         run_lens(SYNTH, dirs, prompts, out, params={"scale": 0.5}, dtype=torch.float64, **kw)
+    with pytest.raises(ShiftlensError, match=r"models\.base\.name"):
+        run_lens(SYNTH, dirs, prompts, out, params={"scale": 0.5}, names=("b", "t"), **kw)
     with pytest.raises(ShiftlensError, match="units_name"):
         run_lens(PAIR_SYNTH, dirs, prompts, out, params={"scale": 0.5}, **kw)
     with pytest.raises(ShiftlensError, match=r"unknown parameter\(s\) k"):
@@ -265,6 +275,15 @@ def test_cli_shards_status_merge(main, dirs, prompts, reference, tmp_path, capsy
     assert shiftlens.load(tmp_path / "res").differences(reference["synth"]) == []
     assert main(["merge", run]) == 0 and (tmp_path / "run" / "result").is_dir()
     assert main(["run", "--help"]) == 0 and "--gpus-per-worker" in capsys.readouterr().out
+    # loading options reach the loader: a device map (here all on the CPU)
+    mapped = str(tmp_path / "mapped")
+    argv_map = [*argv[:7], mapped, *argv[8:], "--device-map", '{"": "cpu"}']
+    assert main(argv_map) == 0
+    assert json.loads((tmp_path / "mapped" / "run.json").read_text())["device_type"] == \
+        "device_map"
+    assert load_run(mapped).differences(reference["synth"]) == []
+    assert main([*argv_map, "--resume", "--offload-folder", str(tmp_path / "off"),
+                 "--device-map", "x"]) == 2
 
 
 @pytest.mark.parametrize("extra,msg", [

@@ -37,7 +37,8 @@ _API: dict[str, str] = {
                     "store"),
     "model_fingerprint": "fingerprint",
     **dict.fromkeys(("EXECUTORS", "RunSummary", "run_lens", "load_run", "run_status",
-                     "parse_shard", "pair_signature", "check_signature", "free_memory"),
+                     "parse_shard", "pair_signature", "pair_names", "check_signature",
+                     "free_memory"),
                     "execute"),
 }
 

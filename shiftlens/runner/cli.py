@@ -49,13 +49,16 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def _device(name: str, executor: str) -> str:
-    if executor == "inprocess":
-        return A.device(name)
-    d = name.strip().lower()  # Ray workers may have GPUs the driver lacks: syntax only
+def _load_options(args: argparse.Namespace) -> dict[str, Any]:
+    """dtype, device or device map, offload folder (:func:`shiftlens.cliargs.load_kwargs`)."""
+    if args.executor == "inprocess" or getattr(args, "device_map", None):
+        return A.load_kwargs(args)
+    d = args.device.strip().lower()  # Ray workers may have GPUs the driver lacks: syntax only
     if d not in ("cpu", "cuda", "mps") and not (d.startswith("cuda:") and d[5:].isdigit()):
-        raise A.error(f"unknown device {name!r}; use cpu or cuda")
-    return d
+        raise A.error(f"unknown device {args.device!r}; use cpu or cuda")
+    if getattr(args, "offload_folder", None):
+        raise A.error("--offload-folder only applies with --device-map")
+    return {"dtype": A.dtype(args.dtype), "device": d}
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -76,8 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         shard=args.shard, executor=args.executor, workers=args.workers,
         gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
         max_restarts=args.max_restarts, ray_address=args.ray_address,
-        device=_device(args.device, args.executor), dtype=A.dtype(args.dtype),
-        processing=args.processing, progress=not args.no_progress)
+        processing=args.processing, progress=not args.no_progress, **_load_options(args))
     print(summary)
     if summary.complete:
         print(f"next: shiftlens merge {args.out} --out RESULT_DIR")

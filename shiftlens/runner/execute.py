@@ -44,6 +44,7 @@ __all__ = [
     "run_status",
     "parse_shard",
     "pair_signature",
+    "pair_names",
     "check_signature",
     "free_memory",
 ]
@@ -123,16 +124,56 @@ def _is_pair(x: Any) -> bool:
     return all(hasattr(x, a) for a in ("base", "tuned", "names", "tokenizer"))
 
 
+def _full_ref(ref: str | Path) -> str:
+    """A model reference in full, as the loader records it: an existing local path resolved."""
+    p = Path(ref).expanduser()
+    return str(p.resolve()) if p.exists() else str(ref)
+
+
+def pair_names(base: str | Path, tuned: str | Path,
+               names: tuple[str, str] | None = None) -> dict[str, str]:
+    """The names a :class:`~shiftlens.pair.ModelPair` loaded from these references gets.
+
+    The given ``names``, else the pair's own rule (:func:`shiftlens.bridge.short_names` of the
+    full references: a hub id as it is, a directory's last component(s)), so a run's Result
+    names its models as the in-process function's does. Shards on machines that keep the
+    models at different absolute paths get the same names when the paths end alike.
+
+    Raises:
+        ShiftlensError: ``names`` not two different non-empty strings.
+
+    Example:
+        >>> pair_names("Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-0.5B-Instruct")
+        {'base': 'Qwen/Qwen2.5-0.5B', 'tuned': 'Qwen/Qwen2.5-0.5B-Instruct'}
+        >>> pair_names("a", "b", names=("base 7B", "chat 7B"))["tuned"]
+        'chat 7B'
+    """
+    if names is not None:
+        if (isinstance(names, str) or len(names) != 2 or not all(
+                isinstance(n, str) and n.strip() and "\n" not in n for n in names)
+                or names[0].strip() == names[1].strip()):
+            raise ShiftlensError(f"names must be two different one-line strings, got {names!r}")
+        return {"base": names[0].strip(), "tuned": names[1].strip()}
+    try:
+        from shiftlens.bridge import short_names
+    except ImportError:  # pragma: no cover - a release whose pairs are named by their paths
+        return {"base": str(base), "tuned": str(tuned)}
+    nb, nt = short_names(_full_ref(base), _full_ref(tuned))
+    return {"base": nb, "tuned": nt}
+
+
 class _Source:
     """Where the models come from: two paths (loaded per role) or an in-memory pair."""
 
     def __init__(self, models: Any, *, device: Any, dtype: torch.dtype, processing: str,
-                 load_kwargs: Mapping[str, Any]) -> None:
+                 load_kwargs: Mapping[str, Any], names: tuple[str, str] | None = None) -> None:
         self.pair = models if _is_pair(models) else None
         if self.pair is not None:
-            if device is not None or load_kwargs or dtype != torch.float32 or processing != "raw":
-                raise ShiftlensError("device, dtype, processing and load options apply to models "
-                                     "given as paths; this ModelPair is already loaded")
+            if (device is not None or load_kwargs or dtype != torch.float32
+                    or processing != "raw" or names is not None):
+                raise ShiftlensError("device, dtype, processing, names and load options apply "
+                                     "to models given as paths; this ModelPair is already "
+                                     "loaded")
             self.paths = None
             self.names = dict(self.pair.names)
             self.dtype = next(iter(self.pair.base.parameters())).dtype
@@ -146,12 +187,12 @@ class _Source:
             if processing not in ("raw", "compat"):
                 raise ShiftlensError(f"processing must be 'raw' or 'compat', got {processing!r}")
             self.paths = {"base": str(models[0]), "tuned": str(models[1])}
-            self.names = dict(self.paths)
+            self.names = pair_names(models[0], models[1], names)
             self.dtype, self.processing, self.device = dtype, processing, device
         self.load_kwargs = dict(load_kwargs)
 
     # ------------------------------------------------------------------ identity
-    def identity(self) -> dict[str, Any]:
+    def identity(self) -> tuple[dict[str, Any], dict[str, str]]:
         if self.pair is not None:
             fps = {r: model_fingerprint(m) for r, m in self.pair}
         else:
@@ -160,7 +201,9 @@ class _Source:
             warnings.warn(f"base {self.names['base']!r} and tuned {self.names['tuned']!r} have "
                           "the same fingerprint (identical weights?): every shift will be zero",
                           ShiftlensWarning, stacklevel=4)
-        return {r: {"name": self.names[r], **fps[r]} for r in MODEL_ROLES}
+        refs = ({r: _full_ref(p) for r, p in self.paths.items()} if self.paths is not None
+                else dict(getattr(self.pair, "sources", {}) or {}))
+        return {r: {"name": self.names[r], **fps[r]} for r in MODEL_ROLES}, refs
 
     def device_type(self) -> str:
         if self.pair is not None:
@@ -176,13 +219,14 @@ class _Source:
                                  "models as (base, tuned) paths or hub ids, not a loaded pair")
         return {"paths": self.paths, "device": None if self.device is None else str(self.device),
                 "dtype": str(self.dtype).removeprefix("torch."), "processing": self.processing,
-                "load_kwargs": self.load_kwargs}
+                "load_kwargs": self.load_kwargs, "names": [self.names["base"],
+                                                           self.names["tuned"]]}
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> _Source:
         return cls((spec["paths"]["base"], spec["paths"]["tuned"]), device=spec["device"],
                    dtype=getattr(torch, spec["dtype"]), processing=spec["processing"],
-                   load_kwargs=spec["load_kwargs"])
+                   load_kwargs=spec["load_kwargs"], names=tuple(spec["names"]))
 
     # ------------------------------------------------------------------ loading
     def _load_one(self, role: str) -> Any:
@@ -219,6 +263,7 @@ class _Source:
                 held["pair"] = ModelPair.from_pretrained(
                     self.paths["base"], self.paths["tuned"], device=self.device,
                     dtype=self.dtype, processing=self.processing, **self.load_kwargs)
+                held["pair"].names = dict(self.names)  # the run's names (as given or derived)
                 yield held["pair"], held["pair"]
             else:
                 held["model"] = self._load_one(role)
@@ -407,6 +452,7 @@ def _run_info(units: Any, ref: str | None, params: dict[str, Any], prompts: list
               source: _Source) -> dict[str, Any]:
     from shiftlens.generate import installed_versions
 
+    models, sources = source.identity()
     info = {
         "format": RUN_FORMAT,
         "units_name": units.name,
@@ -415,7 +461,8 @@ def _run_info(units: Any, ref: str | None, params: dict[str, Any], prompts: list
         "roles": list(units.roles),
         "params": _encode_params(units, params),
         "prompts": {"n": len(prompts), "sha256": prompts_fingerprint(prompts)},
-        "models": source.identity(),
+        "models": models,
+        "sources": sources,
         "load": {"dtype": str(source.dtype).removeprefix("torch."),
                  "processing": source.processing},
         "device_type": source.device_type(),
@@ -444,6 +491,7 @@ def run_lens(
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     processing: str = "raw",
+    names: tuple[str, str] | None = None,
     progress: bool = True,
     **load_kwargs: Any,
 ) -> RunSummary:
@@ -476,7 +524,8 @@ def run_lens(
         cpus_per_worker: CPUs per Ray actor (also its torch threads).
         max_restarts: Ray restarts of a dead actor (its unfinished records are retried).
         ray_address: Ray cluster to connect to (default: ``RAY_ADDRESS``, else a local one).
-        device, dtype, processing: As in :meth:`~shiftlens.pair.ModelPair.from_pretrained`.
+        device, dtype, processing, names: As in :meth:`~shiftlens.pair.ModelPair.from_pretrained`
+            (``names`` defaults to the pair's rule: :func:`pair_names`).
         progress: One progress bar with ETA over all records (and all Ray workers).
         **load_kwargs: Passed to the model loader (``device_map``, ``max_memory``,
             ``offload_folder``, ``n_devices``, ...; a ``(base, tuned)`` pair of device maps
@@ -503,7 +552,7 @@ def run_lens(
     prompts = _prompts(prompts)
     bound = bind_params(units, params)
     source = _Source(models, device=device, dtype=dtype, processing=processing,
-                     load_kwargs=load_kwargs)
+                     load_kwargs=load_kwargs, names=names)
     sh = parse_shard(shard)
     if executor == "ray":  # refuse an in-memory pair or bad resources before writing anything
         from shiftlens.runner.distributed import check_resources
