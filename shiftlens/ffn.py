@@ -30,6 +30,7 @@ from shiftlens.lenses.ffn.core import (
     METHODS,
     TASKS,
     USER_TASKS,
+    ComponentCache,
     Components,
     ConceptWords,
     concept_words,
@@ -86,4 +87,6 @@ __all__ = [
     "concept_shift_figure",
     "concept_share_figure",
     "rotation_figure",
+    # wave 2 (issues 14, 15, 17)
+    "ComponentCache",
 ]

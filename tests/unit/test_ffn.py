@@ -355,7 +355,11 @@ def test_concept_shift_seeds_statistics_match_independent_computation(pair2, voc
     assert st["unit"] == "seeds"
     summ = res.summary()
     assert summ["task"]["coding"]["diff"] == pytest.approx(np.mean(per["tuned"]) - np.mean(per["base"]))
-    assert "User-oriented concepts" in summ["sentence"]
+    assert summ["sentence"].startswith("The share of user-oriented concepts")
+    uo = summ["task"]["user-oriented"]
+    verb = "rose" if uo["tuned_mean"] > uo["base_mean"] else "fell"
+    assert f"{verb}, not significantly," in summ["sentence"] or f"{verb} significantly" in summ["sentence"]
+    assert "two-sided Welch t-test across seeds" in summ["sentence"]
 
 
 def test_concept_shift_default_lexicon_and_round_trip(pair2, vocab2, tmp_path):

@@ -55,7 +55,7 @@ def test_round_trip_meta_and_old_names(results, tmp_path):
     assert cs.params == {"layers": [0, 1], "k": 4, "top_words": 10, "annotator": "lexicon",
                          "annotator_repr": "LexiconAnnotator(top_n=15, min_share=0.2)",
                          "seeds": [0], "vocab_size": cs.params["vocab_size"], "method": "auto",
-                         "device": "cpu"}
+                         "device": "cpu", "alternative": "two-sided"}
     assert rot.params["n_moved"] == 2 and rot.meta["seed"] == 0 and rot.k == 4
     assert rot.chance_overlap == pytest.approx(4 / 32)
     assert ffn.ConceptShift is ffn.ConceptShiftResult and ffn.Rotation is ffn.RotationResult
@@ -119,8 +119,13 @@ def test_concept_share_figure_bars_are_percent_shares():
     assert len(fig.axes) == 2
     np.testing.assert_allclose([p.get_height() for p in fig.axes[0].patches],
                                [10, 10, 10, 30, 30, 30])
-    ticks = [t.get_text().split("\n") for t in fig.axes[0].get_xticklabels()]
-    assert ticks == [["lower", "p=0.04"], ["upper", "p=0.04"], ["all", "p=0.04"]]
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["lower", "upper", "all"]
+    # each group's p written horizontally above its taller bar (issue 15: not stacked vertically)
+    notes = [t for t in fig.axes[0].texts if t.get_text().startswith("p=")]
+    assert [t.get_text() for t in notes] == ["p=0.04"] * 3
+    assert all(t.get_rotation() == 0 for t in notes)
+    assert [t.xy for t in notes] == [(0, 30.0), (1, 30.0), (2, 30.0)]
+    assert "two-sided Welch t-test" in fig._suptitle.get_text()
     assert "%" in fig.axes[0].get_ylabel()
     with pytest.raises(ShiftlensError, match="no level shares"):
         plots.concept_share_figure(pd.DataFrame(rows), kind="level")
@@ -213,8 +218,11 @@ def test_section_states_the_lens_numbers(pair, tmp_path):
     key = sec.findings[1].key
     assert f"layer {s['most_rotated_layer']} (overlap {s['min_overlap']:.3f}" in key
     cs = compare.concept_shift(pair, k=4, progress=False)
-    uo = cs.summary()["task"]["user-oriented"]
-    assert f"{uo['base_mean']:.3f} (base) to {uo['tuned_mean']:.3f} (tuned)" in sec.findings[0].key
+    cs_s = cs.summary()
+    uo = cs_s["task"]["user-oriented"]
+    assert sec.findings[0].key == cs_s["headline"]
+    assert f"from {uo['base_mean']:.1%} (base) to {uo['tuned_mean']:.1%} (tuned)" in cs_s["headline"]
+    assert sec.summaries["concept_shift"]["sentence"] == cs_s["sentence"]
     assert [n for n, _ in ctx.figures] == ["concept_shares", "rotation"]
     assert [n for n, _ in ctx.tables] == ["concepts", "concept_stats", "rotation",
                                           "rotation_moved"]

@@ -17,7 +17,7 @@ import inspect
 import random
 import re
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -37,6 +37,7 @@ __all__ = [
     "LEVEL_PROMPT",
     "annotator_name",
     "annotator_seeds",
+    "check_seeds",
     "as_annotation",
 ]
 
@@ -128,7 +129,8 @@ def annotator_seeds(annotator: Any) -> tuple[int, ...]:
     """Check that ``annotator`` can annotate and return its seeds (default ``(0,)``).
 
     Raises:
-        ShiftlensError: no ``annotate`` method, no seeds, or a seed that is not an integer.
+        ShiftlensError: no ``annotate`` method, ``seeds`` not a sequence, no seeds, a seed that
+            is not an integer >= 0 (the seed also seeds the bootstrap), or a repeated seed.
 
     Example:
         >>> annotator_seeds(GenerativeAnnotator(lambda p: "x", seeds=[3, 4]))
@@ -137,11 +139,24 @@ def annotator_seeds(annotator: Any) -> tuple[int, ...]:
     if not callable(getattr(annotator, "annotate", None)):
         raise ShiftlensError(f"annotator {annotator!r} has no annotate(words, seed=...) method")
     name = annotator_name(annotator)
-    seeds = tuple(check_int("seed", s, who=f"annotator {name!r}")
-                  for s in getattr(annotator, "seeds", (0,)))
-    if not seeds:
-        raise ShiftlensError(f"annotator {name!r} has no seeds")
-    return seeds
+    return check_seeds(getattr(annotator, "seeds", (0,)), f"annotator {name!r}")
+
+
+def check_seeds(seeds: Any, who: str) -> tuple[int, ...]:
+    """A non-empty sequence of distinct integer seeds >= 0, as a tuple.
+
+    Example:
+        >>> check_seeds(range(3), "here")
+        (0, 1, 2)
+    """
+    if isinstance(seeds, (str, bytes, Mapping)) or not isinstance(seeds, Iterable):
+        raise ShiftlensError(f"{who}: seeds must be a sequence of integers, got {seeds!r}")
+    out = tuple(check_int("seed", s, minimum=0, who=who) for s in seeds)
+    if not out:
+        raise ShiftlensError(f"{who} has no seeds")
+    if len(set(out)) != len(out):
+        raise ShiftlensError(f"{who}: repeated seeds {list(out)}")
+    return out
 
 
 def as_annotation(value: Any, where: str) -> Annotation:
@@ -287,9 +302,7 @@ class GenerativeAnnotator:
     ) -> None:
         if not callable(generate):
             raise ShiftlensError("GenerativeAnnotator: generate must be callable")
-        seeds = tuple(check_int("seed", s, who="GenerativeAnnotator") for s in seeds)
-        if not seeds:
-            raise ShiftlensError("GenerativeAnnotator: at least one seed is needed")
+        seeds = check_seeds(seeds, "GenerativeAnnotator")
         self.generate = generate
         self.seeds = seeds
         self.top_n = check_int("top_n", top_n, minimum=1, who="GenerativeAnnotator")

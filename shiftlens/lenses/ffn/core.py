@@ -13,10 +13,18 @@ row i is neuron i's *value vector*, the direction that neuron writes into the re
 The tensor-level helpers of the pair comparison live here too: :func:`principal_angles` and
 :func:`explained_share` (not in the paper: rotation as a number).
 
-Which weights: ``W_out`` and ``W_U`` come from :mod:`shiftlens.weights` (a TransformerBridge or
-any :class:`shiftlens.weights.WeightSource`, e.g. a checkpoint read layer by layer). For Gemma 2/3
-the post-feed-forward norm gain is folded into W_out's columns, and the final norm's gain into
-the unembedding, as the paper folds normalization weights.
+Which weights: ``W_out`` and ``W_U`` come from :mod:`shiftlens.weights`: every model-level
+function takes a TransformerBridge, any :class:`shiftlens.weights.WeightSource`, or a checkpoint
+directory (read layer by layer by :class:`shiftlens.weights.CheckpointWeights`, so a model that
+does not fit in memory can be read; the numbers are bitwise those of the bridge path). For
+Gemma 2/3 the post-feed-forward norm gain is folded into W_out's columns, and the final norm's
+gain into the unembedding, as the paper folds normalization weights.
+
+Nothing silent: a NaN or infinite weight (a model built or edited in memory; checkpoints are
+checked at load) raises :class:`~shiftlens.errors.ShiftlensError` naming the model, the layer and
+the weight, before any number is computed from it; so do the tensor-level functions given
+non-finite input. :class:`ComponentCache` shares components and word directions between calls
+(the report computes each layer's PCA once for ``concept_shift`` and ``rotation``).
 
 Devices: every model-level function computes on ``device`` when given, else on the model's
 input device (:func:`shiftlens.bridge.device_of`, ``cfg.device`` for a bridge); the weights
@@ -26,19 +34,30 @@ are read on the CPU by :mod:`shiftlens.weights` and moved there explicitly.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from shiftlens.bridge import device_of, model_name
-from shiftlens.checks import check_choice, check_int, check_layer, check_vocab
+from shiftlens.checks import check_choice, check_finite, check_int, check_layer, check_vocab
 from shiftlens.errors import ShiftlensError
 from shiftlens.vocab import default_vocab
-from shiftlens.weights import WordVocab, mlp_out, unembedding, word_matrix
+from shiftlens.weights import (
+    CheckpointWeights,
+    WeightSource,
+    WordVocab,
+    mlp_out,
+    unembedding,
+    weight_source,
+    word_matrix,
+)
 
 __all__ = [
     "TASKS",
@@ -57,6 +76,7 @@ __all__ = [
     "concept_words",
     "principal_angles",
     "explained_share",
+    "ComponentCache",
 ]
 
 #: User-oriented tasks of Wu et al. (2024, §5), plus "none".
@@ -86,9 +106,85 @@ def join_scores(scores: Any, digits: int = 4) -> str:
     return SEP.join(f"{float(s):+.{digits}f}" for s in scores)
 
 
-def compute_device(model: Any, device: str | torch.device | None) -> torch.device:
-    """Where a model-level function computes: ``device`` if given, else the model's device."""
-    return torch.device(device) if device is not None else device_of(model)
+def check_bool(name: str, value: Any, who: str) -> bool:
+    """``value`` if it is a bool (``True``/``False``, numpy bools too), else a ShiftlensError."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ShiftlensError(f"{who}: {name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def compute_device(model: Any, device: Any, who: str = "ffn") -> torch.device:
+    """Where a model-level function computes: ``device`` if given (checked usable), else the
+    model's device.
+
+    Raises:
+        ShiftlensError: ``device`` is not a string or ``torch.device``, or torch cannot use it
+            (unknown type, no such CUDA device).
+    """
+    if device is None:
+        return device_of(model)
+    if not isinstance(device, (str, torch.device)):
+        raise ShiftlensError(f"{who}: device must be a string or torch.device, got {device!r}")
+    try:
+        dev = torch.device(device)
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError, ValueError) as e:
+        raise ShiftlensError(f"{who}: device {str(device)!r} cannot be used: {e}") from None
+    return dev
+
+
+def as_model(model: Any, who: str = "ffn") -> Any:
+    """A model to read weights from: a bridge or weight source as given, a path as
+    :class:`~shiftlens.weights.CheckpointWeights` (nothing loaded but config and headers).
+
+    Raises:
+        ShiftlensError: anything else, or a path that is not a checkpoint directory.
+    """
+    if isinstance(model, (str, os.PathLike)):
+        return weight_source(model)
+    if hasattr(model, "cfg") and (hasattr(model, "blocks") or isinstance(model, WeightSource)):
+        return model
+    raise ShiftlensError(f"{who}: model must be a TransformerBridge, a checkpoint directory or a "
+                         f"shiftlens.weights.WeightSource, got {type(model).__name__}")
+
+
+def _finite(x: Tensor, what: str) -> Tensor:
+    """``x`` if every entry is finite, else a ShiftlensError naming ``what`` and the first entry."""
+    if not isinstance(x, Tensor):
+        raise ShiftlensError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    return check_finite(x, what=what)
+
+
+def _matrix(x: Any, what: str, who: str) -> Tensor:
+    """A finite 2-D floating tensor (the tensor-level functions' input check)."""
+    if not isinstance(x, Tensor) or x.dim() != 2 or not x.is_floating_point():
+        got = (f"a {x.dim()}-D {x.dtype} tensor" if isinstance(x, Tensor)
+               else type(x).__name__)
+        raise ShiftlensError(f"{who}: {what} must be a 2-D floating-point tensor, got {got}")
+    return _finite(x, f"{who}: {what}")
+
+
+def read_w_out(model: Any, layer: int, *, fold_norm: bool = True, who: str | None = None
+               ) -> Float[Tensor, "d_mlp d_model"]:
+    """One layer's W_out (``[d_mlp, d_model]``, float32, CPU), refused when not finite.
+
+    Raises:
+        ShiftlensError: a NaN/inf weight, naming ``who`` (default: the model), the layer and the
+            first bad entry (``[neuron, dim]``).
+    """
+    W = mlp_out(model, layer, fold_norm=fold_norm)
+    who = who or f"model {model_name(model)!r}"
+    return _finite(W, f"{who} layer {layer} W_out (MLP output weight, [d_mlp, d_model]"
+                      f"{', post-norm gain folded' if fold_norm else ''})")
+
+
+def read_unembedding(model: Any, *, fold_norm: bool = True, who: str | None = None
+                     ) -> Float[Tensor, "d_model d_vocab"]:
+    """The unembedding W_U (``[d_model, d_vocab]``), refused when not finite."""
+    W_U = unembedding(model, fold_norm=fold_norm)
+    who = who or f"model {model_name(model)!r}"
+    return _finite(W_U, f"{who} unembedding W_U ([d_model, d_vocab]"
+                        f"{', final-norm gain folded' if fold_norm else ''})")
 
 
 # ============================================================================ PCA of W_out
@@ -130,6 +226,20 @@ class Components:
         """Number of components."""
         return int(self.components.shape[0])
 
+    def head(self, k: int) -> Components:
+        """The first ``k`` components (bitwise what an exact solver returns for ``k``).
+
+        Example:
+            >>> pca(torch.randn(40, 8), k=5).head(2).k
+            2
+        """
+        k = check_int("k", k, minimum=1, maximum=self.k, who=f"{self.model_name}: Components.head")
+        if k == self.k:
+            return self
+        return dataclasses.replace(
+            self, components=self.components[:k], explained_variance=self.explained_variance[:k],
+            explained_variance_ratio=self.explained_variance_ratio[:k])
+
 
 def rank_bound(n: int, d: int) -> int:
     """The rank bound of a centred ``n x d`` matrix: ``min(n - 1, d)``."""
@@ -165,6 +275,14 @@ def _orient(V: Tensor) -> Tensor:
     return V * s
 
 
+def prefix_exact(method: str, n: int, d: int) -> bool:
+    """Whether the solver's top-``k`` result is the first ``k`` rows of its top-``K`` result
+    bitwise for every ``k <= K`` (so a cached larger PCA can serve a smaller ``k``): the exact
+    solvers, except the Gram solver with more columns than rows (a matmul over ``k`` vectors)."""
+    method = "gram" if method == "auto" else method
+    return method == "svd" or (method == "gram" and d <= n)
+
+
 def _solve(X: Tensor, k: int, method: str, seed: int) -> tuple[Tensor, Tensor]:
     """Top-``k`` singular values and right singular vectors (rows) of the centred ``X``."""
     n, d = X.shape
@@ -186,6 +304,42 @@ def _solve(X: Tensor, k: int, method: str, seed: int) -> tuple[Tensor, Tensor]:
     return S[:k], Vq[:, :k].T
 
 
+def _pca(W: Tensor, k: Any, method: Any, dev: torch.device, seed: int, name: str) -> Components:
+    """:func:`pca` on a checked (finite, 2-D) ``W``."""
+    n, d = W.shape
+    k = check_k(k, n, d, name)
+    check_choice("method", method, METHODS, who=f"{name}: PCA")
+    method = "gram" if method == "auto" else method
+    X = W.to(device=dev, dtype=torch.float64)
+    mean = X.mean(dim=0)
+    X = X - mean
+    total = float((X * X).sum() / (n - 1))
+    sv, V = _solve(X, k, method, seed)
+    tol = float(sv[0]) * max(n, d) * float(torch.finfo(torch.float32).eps)
+    if float(sv[-1]) <= tol:
+        rank = int((sv > tol).sum())
+        raise ShiftlensError(
+            f"{name}: k={k} is larger than the numerical rank {rank} of the centred {n} x {d} "
+            "matrix"
+        )
+    ev = sv**2 / (n - 1)
+    out = Components(
+        components=_orient(V).float(),
+        explained_variance=ev.float(),
+        explained_variance_ratio=(ev / total).float(),
+        mean=mean.float(),
+        total_variance=total,
+        n_rows=n,
+        method=method,
+        model_name=name,
+    )
+    if not (math.isfinite(total) and bool(torch.isfinite(out.explained_variance).all())
+            and bool(torch.isfinite(out.components).all())):
+        raise ShiftlensError(f"{name}: the variance of the rows overflows float32 (total "
+                             f"{total:.3g}); rescale the matrix")
+    return out
+
+
 def pca(
     W: Float[Tensor, "n d"],
     k: int | None = None,
@@ -205,19 +359,20 @@ def pca(
     ``"auto"`` is ``"gram"``.
 
     Args:
-        W: ``[n, d]`` rows to analyse (for W_out: neurons x d_model).
+        W: ``[n, d]`` rows to analyse (for W_out: neurons x d_model). Must be finite.
         k: Components to keep (None: all, ``min(n - 1, d)``).
         method: Solver, see above.
         device: Where to compute (default: ``W``'s device). Results stay there, in float32.
-        seed: Seed of the randomized solver.
+        seed: Seed of the randomized solver (an integer >= 0).
         name: Used in error messages.
 
     Returns:
         The :class:`Components`.
 
     Raises:
-        ShiftlensError: ``k`` is not in ``1..min(n - 1, d)`` or exceeds the numerical rank, or
-            an unknown ``method``.
+        ShiftlensError: ``W`` not a 2-D floating tensor or holding a NaN/inf (the message gives
+            the count and the first entry), ``k`` not in ``1..min(n - 1, d)`` or above the
+            numerical rank, an unknown ``method``, a bad ``seed`` or ``device``.
 
     Example:
         >>> W = torch.randn(64, 16)
@@ -225,34 +380,11 @@ def pca(
         >>> pc.components.shape, bool(pc.explained_variance_ratio[0] >= pc.explained_variance_ratio[1])
         (torch.Size([4, 16]), True)
     """
-    n, d = W.shape
-    k = check_k(k, n, d, name)
-    check_choice("method", method, METHODS, who=f"{name}: PCA")
-    method = "gram" if method == "auto" else method
-    dev = torch.device(device) if device is not None else W.device
-    X = W.to(device=dev, dtype=torch.float64)
-    mean = X.mean(dim=0)
-    X = X - mean
-    total = float((X * X).sum() / (n - 1))
-    sv, V = _solve(X, k, method, seed)
-    tol = float(sv[0]) * max(n, d) * float(torch.finfo(torch.float32).eps)
-    if float(sv[-1]) <= tol:
-        rank = int((sv > tol).sum())
-        raise ShiftlensError(
-            f"{name}: k={k} is larger than the numerical rank {rank} of the centred {n} x {d} "
-            "matrix"
-        )
-    ev = sv**2 / (n - 1)
-    return Components(
-        components=_orient(V).float(),
-        explained_variance=ev.float(),
-        explained_variance_ratio=(ev / total).float(),
-        mean=mean.float(),
-        total_variance=total,
-        n_rows=n,
-        method=method,
-        model_name=name,
-    )
+    name = str(name)
+    W = _matrix(W, "W", name)
+    seed = check_int("seed", seed, minimum=0, who=f"{name}: PCA")
+    dev = compute_device(None, device, name) if device is not None else W.device
+    return _pca(W, k, method, dev, seed, name)
 
 
 def principal_components(
@@ -268,7 +400,9 @@ def principal_components(
     """PCA of a layer's MLP output weight W_out: the neurons' value vectors (Wu et al. §5).
 
     Args:
-        model: A TransformerBridge or a :class:`shiftlens.weights.WeightSource`.
+        model: A TransformerBridge, a :class:`shiftlens.weights.WeightSource`, or a checkpoint
+            directory (read with :class:`shiftlens.weights.CheckpointWeights`: only this
+            layer's output projection is read; bitwise the bridge's numbers).
         layer: Layer index.
         k: Components to keep (None: all, ``min(d_mlp - 1, d_model)``).
         method: PCA solver (see :func:`pca`).
@@ -276,25 +410,31 @@ def principal_components(
             the results are float32 there.
         fold_post_norm: Fold a post-MLP norm's gain (Gemma 2's ``post_feedforward_layernorm``)
             into W_out's columns (skipped for TL-processed weights).
-        seed: Seed of the randomized solver.
+        seed: Seed of the randomized solver (an integer >= 0).
 
     Returns:
         The :class:`Components`, with ``layer`` and ``model_name`` set.
 
     Raises:
-        ShiftlensError: bad layer, ``k`` larger than the rank, or no dense MLP weight (the
-            message names the architecture).
+        ShiftlensError: bad layer, ``k`` larger than the rank, a NaN/inf in W_out (naming the
+            model, the layer and the first bad entry), no dense MLP weight (the message names
+            the architecture), or a bad argument.
 
     Example:
         >>> pc = principal_components(pair.base, 0, k=8)  # doctest: +SKIP
         >>> pc.components.shape  # doctest: +SKIP
         torch.Size([8, 32])
+        >>> principal_components("/models/Llama-3.1-70B", 40, k=64)  # doctest: +SKIP
     """
+    model = as_model(model, "principal_components")
     layer = check_layer(model, layer)
     name = model_name(model)
-    W = mlp_out(model, layer, fold_norm=fold_post_norm)
-    pc = pca(W, k, method=method, device=compute_device(model, device), seed=seed,
-             name=f"{name} layer {layer} W_out")
+    fold = check_bool("fold_post_norm", fold_post_norm, f"{name}: principal_components")
+    seed = check_int("seed", seed, minimum=0, who=f"{name}: principal_components")
+    dev = compute_device(model, device, f"{name}: principal_components")
+    check_choice("method", method, METHODS, who=f"{name}: principal_components")
+    W = read_w_out(model, layer, fold_norm=fold)
+    pc = _pca(W, k, method, dev, seed, f"model {name!r} layer {layer} W_out")
     return dataclasses.replace(pc, layer=layer, model_name=name)
 
 
@@ -305,14 +445,18 @@ def normalized_word_vectors(
     """Unit word vectors from an unembedding: mean of the word's token columns, L2-normalised.
 
     Args:
-        W_U: ``[d_model, d_vocab]`` unembedding.
+        W_U: ``[d_model, d_vocab]`` unembedding (finite).
         vocab: The words (:class:`shiftlens.weights.WordVocab`).
 
     Returns:
         ``[n_words, d_model]`` unit rows, in ``vocab`` order.
 
+    A word whose tokens' mean column is zero has no direction: its vector stays zero, so it
+    scores 0 on every component.
+
     Raises:
-        ShiftlensError: an empty vocabulary.
+        ShiftlensError: an empty vocabulary, token ids outside ``W_U``'s columns, or a NaN/inf
+            in ``W_U``.
 
     Example:
         >>> v = WordVocab(["a", "bc"], [[0], [1, 2]], [])
@@ -320,7 +464,16 @@ def normalized_word_vectors(
         >>> U.shape, [round(x, 4) for x in U[1].tolist()]
         (torch.Size([2, 3]), [0.0, 0.7071, 0.7071])
     """
+    W_U = _matrix(W_U, "W_U", "normalized_word_vectors")
     check_vocab(vocab, where="normalized_word_vectors")
+    flat = [t for ids in vocab.token_ids for t in ids]
+    if flat and (min(flat) < 0 or max(flat) >= W_U.shape[1]):
+        raise ShiftlensError(f"normalized_word_vectors: vocabulary token ids outside [0, "
+                             f"{W_U.shape[1]}) (W_U is [d_model, d_vocab])")
+    return _normalize(W_U, vocab)
+
+
+def _normalize(W_U: Tensor, vocab: WordVocab) -> Tensor:
     U = word_matrix(W_U.T, vocab)
     return U / U.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
@@ -332,18 +485,27 @@ def word_directions(
     norms), on the CPU.
 
     Args:
-        model: A TransformerBridge or a :class:`shiftlens.weights.WeightSource`.
+        model: A TransformerBridge, a :class:`shiftlens.weights.WeightSource`, or a checkpoint
+            directory.
         vocab: The words.
         fold_norm: Fold the final norm's gain into the unembedding.
 
     Raises:
-        ShiftlensError: an empty vocabulary, or token ids outside the model's vocabulary.
+        ShiftlensError: an empty vocabulary, token ids outside the model's vocabulary, or a
+            NaN/inf in the unembedding (naming the model).
 
     Example:
         >>> U = word_directions(pair.base, vocab)  # doctest: +SKIP
     """
-    check_vocab(vocab, model, where=model_name(model))
-    return normalized_word_vectors(unembedding(model, fold_norm=fold_norm), vocab)
+    model = as_model(model, "word_directions")
+    name = model_name(model)
+    check_vocab(vocab, model, where=name)
+    fold = check_bool("fold_norm", fold_norm, f"{name}: word_directions")
+    return _directions(model, vocab, fold, f"model {name!r}")
+
+
+def _directions(model: Any, vocab: WordVocab, fold: bool, who: str) -> Tensor:
+    return _normalize(read_unembedding(model, fold_norm=fold, who=who), vocab)
 
 
 def top_words(
@@ -352,20 +514,29 @@ def top_words(
     """Each component's ``n`` words of largest ``|component . u_w|``, sign kept (one matmul).
 
     Args:
-        components: ``[k, d]`` unit rows.
-        directions: ``[n_words, d]`` unit word vectors (same device).
+        components: ``[k, d]`` unit rows (finite).
+        directions: ``[n_words, d]`` unit word vectors (finite; same device).
         n: Words per component (capped at the vocabulary size).
 
     Returns:
         ``(scores, indices)``, each ``[k, min(n, n_words)]``, by decreasing ``|score|``.
+
+    Raises:
+        ShiftlensError: an empty vocabulary, tensors that are not 2-D with the same ``d``, a
+            NaN/inf, or ``n`` not a positive integer.
 
     Example:
         >>> s, i = top_words(torch.eye(3), torch.eye(3), 2)
         >>> i[:, 0].tolist(), s[:, 0].tolist()
         ([0, 1, 2], [1.0, 1.0, 1.0])
     """
+    components = _matrix(components, "components", "top_words")
+    directions = _matrix(directions, "directions", "top_words")
     if directions.shape[0] == 0:
         raise ShiftlensError("top_words: empty vocabulary")
+    if components.shape[1] != directions.shape[1]:
+        raise ShiftlensError(f"top_words: components have d={components.shape[1]}, directions "
+                             f"d={directions.shape[1]}")
     n = check_int("n", n, minimum=1, who="top_words")
     t = min(n, directions.shape[0])
     S = components.to(directions.dtype) @ directions.T
@@ -415,6 +586,16 @@ class ConceptWords:
         )
 
 
+def model_vocab(model: Any, vocab: Any, where: str) -> WordVocab:
+    """``vocab``, or the default vocabulary of the model's tokenizer, checked against the model."""
+    if vocab is None:
+        tok = getattr(model, "tokenizer", None)
+        if tok is None:
+            raise ShiftlensError(f"{where}: the model has no tokenizer; pass vocab=")
+        vocab = default_vocab(tok)
+    return check_vocab(vocab, model, where=where)
+
+
 def concept_words(
     model: Any,
     layer: int,
@@ -433,7 +614,8 @@ def concept_words(
     ``|score|``, the sign kept. All components x all words in one matmul.
 
     Args:
-        model: A TransformerBridge or a :class:`shiftlens.weights.WeightSource`.
+        model: A TransformerBridge, a :class:`shiftlens.weights.WeightSource`, or a checkpoint
+            directory (its tokenizer gives the default vocabulary).
         layer: Layer index.
         k: Components (None: all).
         top_words: Words per component.
@@ -448,24 +630,27 @@ def concept_words(
         The :class:`ConceptWords` (tensors on the CPU).
 
     Raises:
-        ShiftlensError: empty vocabulary, bad layer, ``k`` larger than the rank, or
-            ``directions`` that do not match ``vocab``.
+        ShiftlensError: empty vocabulary, bad layer, ``k`` larger than the rank, a NaN/inf in
+            W_out or W_U (naming model and layer), or ``directions`` that do not match
+            ``vocab``.
 
     Example:
         >>> cw = concept_words(pair.base, 1, k=4, top_words=10)  # doctest: +SKIP
         >>> cw.words[0][:3]  # doctest: +SKIP
         ['story', 'write', 'poem']
     """
+    model = as_model(model, "concept_words")
     name = model_name(model)
-    if vocab is None:
-        vocab = default_vocab(model.tokenizer)
-    check_vocab(vocab, model, where=f"{name} layer {layer}")
+    where = f"{name} layer {layer}"
+    vocab = model_vocab(model, vocab, where)
+    check_int("top_words", top_words, minimum=1, who=f"{name}: concept_words")
     pc = principal_components(model, layer, k, method=method, device=device)
     if directions is None:
-        directions = word_directions(model, vocab)
-    if directions.shape[0] != len(vocab):
-        raise ShiftlensError(f"{name}: {directions.shape[0]} word directions for {len(vocab)} "
-                             "words")
+        directions = _directions(model, vocab, True, f"model {name!r}")
+    directions = _matrix(directions, "directions", f"{name}: concept_words")
+    if directions.shape != (len(vocab), pc.components.shape[1]):
+        raise ShiftlensError(f"{name}: directions of shape {list(directions.shape)} for "
+                             f"{len(vocab)} words x d_model={pc.components.shape[1]}")
     scores, idx = _top_words(pc.components, directions.to(pc.components.device), top_words)
     words = [[vocab.words[i] for i in row] for row in idx.tolist()]
     return ConceptWords(name, pc.layer, words, scores.cpu(), pc.explained_variance_ratio.cpu())
@@ -490,11 +675,20 @@ def principal_angles(
     (accurate for tiny angles, Knyazev & Argentati 2002). Computed in float64 on ``A``'s
     device.
 
+    Raises:
+        ShiftlensError: inputs that are not 2-D floating tensors with rows, of the same width
+            ``d``, with at most ``d`` rows, finite, and of full row rank.
+
     Example:
         >>> e = torch.eye(3)
         >>> principal_angles(e[:2], e[1:]).tolist()  # shares e1, orthogonal otherwise
         [0.0, 1.5707963267948966]
     """
+    A, B = _matrix(A, "A", "principal_angles"), _matrix(B, "B", "principal_angles")
+    if A.shape[1] != B.shape[1] or not 0 < A.shape[0] <= A.shape[1] \
+            or not 0 < B.shape[0] <= B.shape[1]:
+        raise ShiftlensError(f"principal_angles: need [k, d] and [m, d] with 1 <= k, m <= d; got "
+                             f"{list(A.shape)} and {list(B.shape)}")
     if A.shape[0] < B.shape[0]:
         A, B = B, A
     Qa, Qb = _orthonormal_cols(A), _orthonormal_cols(B.to(A.device))
@@ -509,15 +703,138 @@ def explained_share(
 ) -> float:
     """Share of the variance of ``W``'s rows (centred over rows) inside the span of ``basis``.
 
-    Computed in float64 on ``W``'s device; NaN when ``W`` has no variance.
+    Computed in float64 on ``W``'s device (so the share of ``W``'s own top-k components and of
+    another model's are computed the same way: identical models give a ratio of exactly 1).
+
+    Raises:
+        ShiftlensError: inputs that are not finite 2-D floating tensors of the same width, or a
+            ``W`` without variance (the share is undefined).
 
     Example:
         >>> W = torch.randn(50, 4) * torch.tensor([3.0, 1, 1, 1])
         >>> 0.0 < explained_share(W, torch.eye(4)[:1]) < 1.0
         True
     """
+    W = _matrix(W, "W", "explained_share")
+    basis = _matrix(basis, "basis", "explained_share")
+    if W.shape[1] != basis.shape[1] or not 0 < basis.shape[0] <= basis.shape[1]:
+        raise ShiftlensError(f"explained_share: W {list(W.shape)} and basis {list(basis.shape)} "
+                             "need the same width d and 1 <= k <= d basis rows")
     X = W.to(torch.float64)
     X = X - X.mean(dim=0)
-    Q = _orthonormal_cols(basis.to(X.device))
     tot = float((X * X).sum())
-    return float(((X @ Q) ** 2).sum()) / tot if tot > 0 else float("nan")
+    if not tot > 0:
+        raise ShiftlensError("explained_share: W has no variance (every row is the same), the "
+                             "share is undefined")
+    Q = _orthonormal_cols(basis.to(X.device))
+    return float(((X @ Q) ** 2).sum()) / tot
+
+
+# ============================================================================ shared cache
+def _model_key(model: Any) -> tuple:
+    if isinstance(model, CheckpointWeights):
+        return ("checkpoint", str(model.path), str(model.dtype))
+    return ("object", id(model))
+
+
+class ComponentCache:
+    """Principal components and word directions computed once and shared between calls.
+
+    ``concept_shift`` and ``rotation`` take ``cache=``: the report passes one cache to both, so
+    each layer's PCA (the expensive step: one float64 Gram matrix and eigensolve per layer and
+    model) and each model's word directions are computed once. A request for ``k`` components
+    is served from a cached larger ``K`` of the same model, layer, solver and device by taking
+    the first ``k`` (bitwise what the exact solvers return for ``k``; the randomized solver and
+    the Gram solver on wide matrices are cached per ``k``).
+
+    The cache holds references to the models it was used with and assumes their weights do not
+    change while it is in use (call :meth:`clear` after editing weights). Memory: the cached
+    components, ``k x d_model`` floats per model and layer (300 x 4096 float32 = 4.9 MB).
+
+    Attributes:
+        hits: Requests served from the cache.
+        misses: Requests that computed.
+
+    Example:
+        >>> cache = ComponentCache()
+        >>> cs = concept_shift(pair, k=16, cache=cache)  # doctest: +SKIP
+        >>> rot = rotation(pair, k=8, cache=cache)       # doctest: +SKIP
+        >>> cache.hits                                   # doctest: +SKIP
+        4
+    """
+
+    def __init__(self) -> None:
+        self._components: dict[tuple, Components] = {}
+        self._directions: dict[tuple, Tensor] = {}
+        self._models: dict[tuple, Any] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._components) + len(self._directions)
+
+    def __repr__(self) -> str:
+        return (f"ComponentCache({len(self._components)} components, {len(self._directions)} "
+                f"direction sets, hits={self.hits}, misses={self.misses})")
+
+    def clear(self) -> None:
+        """Forget everything (after editing a model's weights).
+
+        Example:
+            >>> c = ComponentCache(); c.clear(); len(c)
+            0
+        """
+        self._components.clear()
+        self._directions.clear()
+        self._models.clear()
+
+    def components(self, model: Any, layer: int, k: int, *, method: str = "auto",
+                   device: torch.device | None = None, fold_post_norm: bool = True,
+                   seed: int = 0, W: Tensor | None = None, who: str | None = None
+                   ) -> Components:
+        """The top-``k`` components of ``model``'s layer ``layer`` W_out (from the cache or
+        computed; ``W``: that W_out when the caller already read it).
+
+        Example:
+            >>> ComponentCache().components(pair.base, 0, 4).k  # doctest: +SKIP
+            4
+        """
+        key = _model_key(model)
+        self._models.setdefault(key, model)
+        meth = "gram" if method == "auto" else method
+        dev = device if device is not None else device_of(model)
+        n, d = int(model.cfg.d_mlp), int(model.cfg.d_model)
+        exact = prefix_exact(meth, n, d)
+        ck = (key, int(layer), meth, str(dev), bool(fold_post_norm),
+              None if exact else int(k), None if meth != "lowrank" else int(seed))
+        hit = self._components.get(ck)
+        if hit is not None and hit.k >= k:
+            self.hits += 1
+            return hit.head(k)
+        self.misses += 1
+        name = model_name(model)
+        if W is None:
+            W = read_w_out(model, layer, fold_norm=fold_post_norm, who=who)
+        pc = _pca(W, k, meth, dev, seed, f"{who or f'model {name!r}'} layer {layer} W_out")
+        pc = dataclasses.replace(pc, layer=int(layer), model_name=name)
+        self._components[ck] = pc
+        return pc
+
+    def directions(self, model: Any, vocab: WordVocab, *, fold_norm: bool = True,
+                   who: str | None = None) -> Tensor:
+        """``model``'s unit word vectors for ``vocab`` (from the cache or computed), on the CPU.
+
+        Example:
+            >>> ComponentCache().directions(pair.base, vocab).shape  # doctest: +SKIP
+        """
+        key = _model_key(model)
+        self._models.setdefault(key, model)
+        ck = (key, tuple(vocab.words), tuple(tuple(t) for t in vocab.token_ids), bool(fold_norm))
+        hit = self._directions.get(ck)
+        if hit is not None:
+            self.hits += 1
+            return hit
+        self.misses += 1
+        U = _directions(model, vocab, fold_norm, who or f"model {model_name(model)!r}")
+        self._directions[ck] = U
+        return U

@@ -19,10 +19,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from shiftlens.checks import check_choice
 from shiftlens.errors import ShiftlensError
 from shiftlens.lenses.ffn.core import LEVELS, TASKS, USER_TASKS
 from shiftlens.result import Result
-from shiftlens.stats import bootstrap_ci, welch_test
+from shiftlens.stats import bootstrap_ci, change_sentence, fmt_number, test_label, welch_test
 
 __all__ = ["ConceptShiftResult", "RotationResult", "ConceptShift", "Rotation"]
 
@@ -43,8 +44,14 @@ MOVED_COLUMNS: tuple[str, ...] = (
     "layer", "side", "component", "explained_variance_ratio", "inside_other", "best_match",
     "best_cos", "words_before", "scores_before", "words_after", "scores_after",
 )
+#: Columns of :meth:`ConceptShiftResult.exclusions`, in order.
+EXCLUSION_COLUMNS: tuple[str, ...] = ("model", "seed", "group", "n_components", "reason")
+#: The alternatives of the share tests (``concept_shift(alternative=...)``).
+ALTERNATIVES: tuple[str, ...] = ("two-sided", "greater", "less")
 _STAT_COLUMNS = ("base_mean", "base_std", "tuned_mean", "tuned_std", "diff", "t", "p", "df",
-                 "ci_low", "ci_high", "n_base", "n_tuned", "unit")
+                 "ci_low", "ci_high", "n_base", "n_tuned", "unit", "undefined_base",
+                 "undefined_tuned", "alternative")
+_NO_EXPLAINABLE = "no explainable component"
 
 
 def _require_columns(df: pd.DataFrame, cols: tuple[str, ...], what: str) -> None:
@@ -58,11 +65,15 @@ def _params(meta: Any) -> dict[str, Any]:
     return dict(p) if isinstance(p, dict) else {}
 
 
-def _nan_stats(values: np.ndarray) -> tuple[float, float]:
-    """Mean and sample std (NaN where undefined), NaN-aware."""
-    mean = float(np.nanmean(values)) if len(values) else float("nan")
-    std = float(np.nanstd(values, ddof=1)) if len(values) >= 2 else float("nan")
+def _mean_std(values: np.ndarray) -> tuple[float, float]:
+    """Mean and sample std of finite values (NaN where undefined: none, or one for the std)."""
+    mean = float(np.mean(values)) if len(values) else float("nan")
+    std = float(np.std(values, ddof=1)) if len(values) >= 2 else float("nan")
     return mean, std
+
+
+def _pct(x: float) -> str:
+    return fmt_number(x, ".1%")
 
 
 # ============================================================================ concept shift
@@ -84,7 +95,13 @@ class ConceptShiftResult(Result):
     per seed; with several seeds they are reported as mean and spread (std) over seeds and
     the tuned-vs-base Welch t-test runs across seeds (as the paper's t-test over its five
     ChatGPT runs). With one seed (a deterministic annotator) the test runs across concepts
-    (0/1 indicators), which treats components as independent samples.
+    (0/1 indicators), which treats components as independent samples. Tests are two-sided
+    unless ``concept_shift(alternative=...)`` asked otherwise (``params["alternative"]``).
+
+    Nothing is dropped silently: a (model, seed, layer group) without any explainable concept
+    has no share; it is listed by :meth:`exclusions`, counted in ``stats()``
+    (``undefined_base`` / ``undefined_tuned``: seeds left out of that row) and named in the
+    summary's sentence and the report.
 
     Example:
         >>> res = concept_shift(pair, layers=[0, 1], k=8)  # doctest: +SKIP
@@ -211,46 +228,90 @@ class ConceptShiftResult(Result):
         return (self._indicators(ex[ex["model"] == "tuned"], kind, label).to_numpy(),
                 self._indicators(ex[ex["model"] == "base"], kind, label).to_numpy())
 
-    def stats(self) -> pd.DataFrame:
+    @property
+    def alternative(self) -> str:
+        """The share tests' alternative (``params["alternative"]``; two-sided when absent).
+
+        Example:
+            >>> res.alternative  # doctest: +SKIP
+            'two-sided'
+        """
+        return str(self.params.get("alternative") or "two-sided")
+
+    def exclusions(self) -> pd.DataFrame:
+        """The (model, seed, layer group) cells without any explainable concept: their shares
+        are undefined, so they are left out of :meth:`stats` (and said so in the summary).
+
+        Columns: ``model``, ``seed``, ``group`` ("all" or a layer group), ``n_components``
+        (concepts annotated there, all unexplainable) and ``reason``.
+
+        Example:
+            >>> res.exclusions()  # doctest: +SKIP
+            Empty DataFrame ...
+        """
+        df = self.annotations
+        rows = []
+        for group in self.groups():
+            g = df if group == "all" else df[df["group"] == group]
+            for (model, seed), sub in g.groupby(["model", "seed"], sort=True):
+                if not sub["explainable"].astype(bool).any():
+                    rows.append(dict(model=model, seed=int(seed), group=group,
+                                     n_components=len(sub), reason=_NO_EXPLAINABLE))
+        return pd.DataFrame(rows, columns=list(EXCLUSION_COLUMNS))
+
+    def stats(self, alternative: str | None = None) -> pd.DataFrame:
         """Per (group, kind, label): base and tuned mean/std over seeds, diff, Welch test.
 
         With two or more seeds the test's unit is the seed (per-seed shares); with one it is
-        the component (0/1 indicators).
+        the component (0/1 indicators). A seed whose share is undefined (no explainable concept
+        in that model and group, see :meth:`exclusions`) is left out of its row and counted in
+        ``undefined_base`` / ``undefined_tuned``; ``n_base`` / ``n_tuned`` are the units used.
+
+        Args:
+            alternative: ``"two-sided"``, ``"greater"`` (tuned > base) or ``"less"`` (default:
+                :attr:`alternative`, the one ``concept_shift`` was asked for).
 
         Example:
             >>> res.stats().query("group == 'all' and label == 'coding'")  # doctest: +SKIP
         """
+        alt = check_choice("alternative", alternative or self.alternative, ALTERNATIVES,
+                           who="ConceptShiftResult.stats")
         sh = self.shares()
         several = self.annotations["seed"].nunique() >= 2
         rows = []
         for (group, kind, label), sub in sh.groupby(["group", "kind", "label"], sort=False):
-            b = sub[sub["model"] == "base"]["share"].to_numpy()
-            t = sub[sub["model"] == "tuned"]["share"].to_numpy()
-            a_s, b_s = (t, b) if several else self._samples(group, kind, label)
+            b = sub[sub["model"] == "base"].sort_values("seed")["share"].to_numpy(dtype=float)
+            t = sub[sub["model"] == "tuned"].sort_values("seed")["share"].to_numpy(dtype=float)
+            b_ok, t_ok = b[np.isfinite(b)], t[np.isfinite(t)]
+            a_s, b_s = (t_ok, b_ok) if several else self._samples(group, kind, label)
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                test = welch_test(a_s, b_s, seed=int(self.meta.get("seed") or 0))
-                (bm, bsd), (tm, tsd) = _nan_stats(b), _nan_stats(t)
-                diff = float(np.nanmean(t) - np.nanmean(b)) if len(t) and len(b) else float("nan")
+                warnings.simplefilter("ignore", RuntimeWarning)  # constant samples: t is NaN
+                test = welch_test(a_s, b_s, alternative=alt,
+                                  seed=int(self.meta.get("seed") or 0))
+            (bm, bsd), (tm, tsd) = _mean_std(b_ok), _mean_std(t_ok)
             rows.append(dict(
                 group=group, kind=kind, label=label, base_mean=bm, base_std=bsd,
-                tuned_mean=tm, tuned_std=tsd, diff=diff, t=test.statistic, p=test.pvalue,
+                tuned_mean=tm, tuned_std=tsd, diff=tm - bm, t=test.statistic, p=test.pvalue,
                 df=test.df, ci_low=test.ci_low, ci_high=test.ci_high, n_base=test.n_b,
                 n_tuned=test.n_a, unit="seeds" if several else "components",
+                undefined_base=int(len(b) - len(b_ok)), undefined_tuned=int(len(t) - len(t_ok)),
+                alternative=alt,
             ))
         return pd.DataFrame(rows)
 
     def summary(self) -> dict[str, Any]:
-        """Headline numbers: task and level shares base -> tuned (overall and per layer group).
+        """Headline numbers: task and level shares base -> tuned (overall and per layer group),
+        the exclusions, and a sentence stating the direction, the test and what was left out.
 
         Example:
             >>> res.summary()["task"]["user-oriented"]["diff"]  # doctest: +SKIP
         """
         st = self.stats()
         p = self.params
+        ex = self.exclusions()
         out: dict[str, Any] = {"models": self.meta.get("models"), "annotator": p.get("annotator"),
                                "seeds": p.get("seeds"), "k": p.get("k"),
-                               "layers": p.get("layers")}
+                               "layers": p.get("layers"), "alternative": self.alternative}
         for kind in ("task", "level", "explainable"):
             sub = st[(st["group"] == "all") & (st["kind"] == kind)]
             out[kind] = {r["label"]: {c: r[c] for c in _STAT_COLUMNS} for _, r in sub.iterrows()}
@@ -259,21 +320,71 @@ class ConceptShiftResult(Result):
                              "p": r["p"]} for _, r in sub.iterrows()}
             for g, sub in st[st["group"] != "all"].groupby("group", sort=False)
         }
-        uo = out["task"].get("user-oriented", {})
-        tasks = {k: v for k, v in out["task"].items() if k in USER_TASKS}
-        top_task = max(tasks, key=lambda k: abs(np.nan_to_num(tasks[k]["diff"])), default="none")
-        levels = out["level"]
-        top_level = max(levels, key=lambda k: abs(np.nan_to_num(levels[k]["diff"])),
-                        default="semantics")
-        if uo:
-            out["sentence"] = (
-                f"User-oriented concepts: {uo['base_mean']:.1%} of explainable components in base "
-                f"-> {uo['tuned_mean']:.1%} in tuned ({uo['diff']:+.1%}, Welch p={uo['p']:.2g} "
-                f"across {uo['unit']}); largest task change: {top_task} "
-                f"({tasks[top_task]['diff']:+.1%}); largest linguistic-level change: {top_level} "
-                f"({levels[top_level]['diff']:+.1%})."
-            )
+        out["excluded"] = ex.to_dict("records")
+        out["n_excluded"] = len(ex)
+        out["headline"] = self._headline(out)
+        out["excluded_sentence"] = self._exclusion_sentence(ex)
+        out["sentence"] = " ".join(x for x in (out["headline"], self._details(out),
+                                               out["excluded_sentence"]) if x)
         return out
+
+    def _headline(self, s: dict[str, Any]) -> str:
+        """The user-oriented share base -> tuned in words, with its test (or why none)."""
+        uo = s["task"].get("user-oriented") or {}
+        what = ("the share of user-oriented concepts (writing, coding, math, translation) among "
+                "the explainable W_out principal components")
+        bm, tm = float(uo.get("base_mean", np.nan)), float(uo.get("tuned_mean", np.nan))
+        if not (np.isfinite(bm) and np.isfinite(tm)):
+            missing = [r for r, v in (("base", bm), ("tuned", tm)) if not np.isfinite(v)]
+            return (f"{what[:1].upper()}{what[1:]} could not be compared: the "
+                    f"{' and the '.join(missing)} model{'s have' if len(missing) > 1 else ' has'}"
+                    " no explainable component (every concept 'cannot tell').")
+        unit = uo.get("unit", "components")
+        pv = float(uo.get("p", np.nan))
+        if not np.isfinite(pv):  # constant samples (e.g. 0% in both): a t-test is undefined
+            return (change_sentence(what, bm, tm, fmt=".1%")
+                    + f" No test: the share does not vary across {unit} in either model.")
+        return change_sentence(what, bm, tm, p=pv, test=f"Welch t-test across {unit}",
+                               alternative=self.alternative,
+                               ci=(uo.get("ci_low", np.nan), uo.get("ci_high", np.nan)),
+                               fmt=".1%")
+
+    @staticmethod
+    def _details(s: dict[str, Any]) -> str:
+        """The largest task and level changes, and how many concepts were explainable."""
+        parts = []
+        for kind, labels in (("task", USER_TASKS), ("level", LEVELS)):
+            rows = {k: v for k, v in s[kind].items() if k in labels
+                    and np.isfinite(float(v["diff"]))}
+            name = "task" if kind == "task" else "linguistic-level"
+            if not rows:
+                parts.append(f"no {name} share could be compared")
+                continue
+            top = max(rows, key=lambda k: abs(float(rows[k]["diff"])))
+            v = rows[top]
+            if float(v["diff"]) == 0:
+                parts.append(f"no {name} share changed")
+            else:
+                parts.append(f"largest {name} change: {top} {_pct(v['base_mean'])} -> "
+                             f"{_pct(v['tuned_mean'])} ({test_label('Welch t-test', v['alternative'])}"
+                             f" p = {fmt_number(v['p'])})")
+        e = s["explainable"].get("explainable") or {}
+        seeds = s.get("seeds") or [0]
+        over = f", mean over {len(seeds)} seeds" if len(seeds) > 1 else ""
+        parts.append(f"explainable: {_pct(e.get('base_mean'))} of base and "
+                     f"{_pct(e.get('tuned_mean'))} of tuned components{over}")
+        return "; ".join(parts)[:1].upper() + "; ".join(parts)[1:] + "."
+
+    @staticmethod
+    def _exclusion_sentence(ex: pd.DataFrame) -> str:
+        if not len(ex):
+            return ""
+        cells = [f"{r.model} seed {r.seed} in {'all layers' if r.group == 'all' else f'the {r.group} layers'}"
+                 f" ({r.n_components} concepts)" for r in ex.itertuples()]
+        shown = "; ".join(cells[:6]) + (f"; and {len(cells) - 6} more" if len(cells) > 6 else "")
+        return (f"Left out, {len(ex)} (model, seed, layer group) cell"
+                f"{'s' if len(ex) > 1 else ''} without any explainable concept (no share there): "
+                f"{shown}.")
 
     def plot(self, *, by_group: bool = False, kind: str = "task",
              labels: Any = None) -> Any:
@@ -367,7 +478,7 @@ class RotationResult(Result):
 
     def validate(self) -> None:
         """Refuse inconsistent fields: one angle row per layer row, ``k`` angles in
-        [0, pi/2], the layers of ``params``, moved rows only of those layers.
+        [0, pi/2], the layers of ``params``, moved rows only of those layers, finite numbers.
 
         Example:
             >>> rot.validate()  # doctest: +SKIP
@@ -401,6 +512,12 @@ class RotationResult(Result):
         bad = sorted(set(self.moved["side"]) - {"base", "tuned"}) if len(self.moved) else []
         if bad:
             raise ShiftlensError(f"RotationResult: unknown sides {bad} in moved")
+        num = [c for c in LAYER_COLUMNS if c not in ("layer", "group", "k")]
+        vals = self.layers[num].to_numpy(dtype=float)
+        if not np.isfinite(vals).all():
+            r, c = np.argwhere(~np.isfinite(vals))[0]
+            raise ShiftlensError(f"RotationResult: non-finite {num[c]} in layer "
+                                 f"{self.layers['layer'].iloc[r]}")
 
     def to_frame(self) -> pd.DataFrame:
         """One row per layer.
@@ -437,11 +554,15 @@ class RotationResult(Result):
             "mean_var_retained": float(df["var_retained"].mean()),
             "by_group": by_group,
         }
+        unchanged = bool((self.angles.double().abs() < 1e-6).all())
+        ci = (f"95% CI over {len(df)} layers [{lo:.3f}, {hi:.3f}]" if np.isfinite([lo, hi]).all()
+              else f"no CI over {len(df)} layer{'s' if len(df) != 1 else ''}")
         out["sentence"] = (
-            f"Top-{out['k']} W_out subspaces: mean overlap {out['mean_overlap']:.3f} "
-            f"(95% CI over layers [{lo:.3f}, {hi:.3f}]; 1 = unchanged, chance {chance:.3f}); "
-            f"most rotated layer {out['most_rotated_layer']} (overlap {out['min_overlap']:.3f}, "
-            f"mean angle {out['most_rotated_mean_angle_deg']:.1f} deg); base components explain "
+            f"{'Tuning did not rotate' if unchanged else 'Tuning rotated'} the top-{out['k']} "
+            f"W_out principal subspaces: mean overlap {out['mean_overlap']:.3f} ({ci}; 1 = "
+            f"unchanged, chance {chance:.3f}); most rotated layer {out['most_rotated_layer']} "
+            f"(overlap {out['min_overlap']:.3f}, mean angle "
+            f"{out['most_rotated_mean_angle_deg']:.1f} deg); base components explain "
             f"{out['mean_var_retained']:.1%} of the variance tuned components explain."
         )
         return out

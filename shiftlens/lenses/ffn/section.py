@@ -3,7 +3,8 @@
 :func:`section` runs :func:`~shiftlens.lenses.ffn.compare.concept_shift` and
 :func:`~shiftlens.lenses.ffn.compare.rotation` on the report's pair (weights only: no prompt is
 used) and turns the Results into findings, figures, CSV tables and a circuitsvis table of the
-concept words. Report options (``build_report(options=...)``): ``concept_k`` (components per
+concept words. Both analyses share one :class:`~shiftlens.lenses.ffn.core.ComponentCache`, so
+each layer's PCA and each model's word directions are computed once. Report options (``build_report(options=...)``): ``concept_k`` (components per
 layer annotated; default the lens default, ``min(300, rank)``) and ``rotation_k`` (subspace
 dimension; lens default).
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from shiftlens.lenses.registry import ReportContext, Section
-from shiftlens.stats import change_sentence, fmt_number
+from shiftlens.stats import fmt_number, test_label
 
 __all__ = ["section", "examples"]
 
@@ -28,21 +29,23 @@ def _concept_findings(ctx: ReportContext, sec: Section, cs: Any) -> None:
     ctx.save_result(cs, "ffn_concepts")
     ctx.csv(sec, cs.to_frame(), "concepts")
     ctx.csv(sec, cs.stats(), "concept_stats")
-    uo = (s.get("task") or {}).get("user-oriented") or {}
-    head = change_sentence(
-        "the share of user-oriented concepts (writing, coding, math, translation) among "
-        "the explainable W_out principal components", uo.get("base_mean", float("nan")),
-        uo.get("tuned_mean", float("nan")), p=uo.get("p"),
-        test=f"Welch t-test across {uo.get('unit', 'components')}",
-        ci=(uo.get("ci_low", float("nan")), uo.get("ci_high", float("nan"))), fmt=".3f")
-    tasks = {k: v for k, v in (s.get("task") or {}).items()
-             if k not in ("user-oriented", "none") and v and v.get("diff") == v.get("diff")}
-    detail = "; ".join(f"{k} {100 * v['base_mean']:.1f}% -> {100 * v['tuned_mean']:.1f}% "
-                       f"(p = {fmt_number(v.get('p'))})" for k, v in tasks.items())
-    ctx.figure(sec, concept_share_figure(cs), "concept_shares",
-               f"{head} Per task: {detail}. Annotator: {s.get('annotator')}; k = "
-               f"{s.get('k')} components per layer; shares are over explainable "
-               "components, per layer group in the figure.", key=head)
+    if s["n_excluded"]:
+        ctx.csv(sec, cs.exclusions(), "concept_exclusions")
+    head = s["headline"]
+    tasks = {k: v for k, v in (s.get("task") or {}).items() if k not in ("user-oriented", "none")}
+    detail = "; ".join(
+        f"{k} {fmt_number(v['base_mean'], '.1%')} -> {fmt_number(v['tuned_mean'], '.1%')} "
+        + (f"(p = {fmt_number(v.get('p'))})" if v.get("p") == v.get("p") else
+           "(no test)" if v["diff"] == v["diff"] else "(no share)")
+        for k, v in tasks.items())
+    test = test_label("Welch t-test", s.get("alternative", "two-sided"))
+    unit = ((s.get("task") or {}).get("user-oriented") or {}).get("unit", "components")
+    text = (f"{head} Per task ({test} across {unit}, tuned vs base): {detail}. Annotator: "
+            f"{s.get('annotator')}; k = {s.get('k')} components per layer; shares are over "
+            "explainable components, per layer group in the figure.")
+    if s["excluded_sentence"]:
+        text += f" {s['excluded_sentence']}"
+    ctx.figure(sec, concept_share_figure(cs), "concept_shares", text, key=head)
 
 
 def _rotation_findings(ctx: ReportContext, sec: Section, rot: Any) -> None:
@@ -74,14 +77,17 @@ def section(ctx: ReportContext, sec: Section) -> None:
         >>> get_lens("ffn").run_section()(ctx, sec)  # doctest: +SKIP
     """
     from shiftlens.lenses.ffn import compare
+    from shiftlens.lenses.ffn.core import ComponentCache
     from shiftlens.viz.circuits import concept_table
 
     pair = ctx.pair
     sec.note = _NOTE
+    cache = ComponentCache()  # each layer's PCA and word directions once for both analyses
     cs = ctx.attempt(sec, "concept shift", lambda: compare.concept_shift(
-        pair, k=ctx.options.get("concept_k"), progress=ctx.progress))
+        pair, k=ctx.options.get("concept_k"), progress=ctx.progress, cache=cache))
     rot = ctx.attempt(sec, "rotation", lambda: compare.rotation(
-        pair, k=ctx.options.get("rotation_k"), progress=ctx.progress, seed=ctx.seed))
+        pair, k=ctx.options.get("rotation_k"), progress=ctx.progress, seed=ctx.seed,
+        cache=cache))
     if cs is not None:
         _concept_findings(ctx, sec, cs)
     if rot is not None:
@@ -101,7 +107,7 @@ def section(ctx: ReportContext, sec: Section) -> None:
 def examples(pair: Any, prompts: Any = None) -> list[Any]:
     """One small instance of each Result class of the lens, computed on ``pair`` (seconds).
 
-    Used by the Result contract test (``tests/test_contract.py``). ``prompts`` is unused: the
+    Used by the Result contract test (``tests/unit/test_contract.py``). ``prompts`` is unused: the
     lens reads weights only.
 
     Args:
