@@ -4,7 +4,8 @@ lens, KL and cross-model patching; not in Wu et al. 2024).
 Registered as ``"residual"``. The layers of the lens:
 
 * :mod:`.core` - one model and tensors: ``cosine_per_position``, ``linear_cka``,
-  ``kl_divergence``, ``logit_lens``, ``lens_logits``, ``response_logprob``, ``patched_logits``;
+  ``kl_divergence``, ``logit_lens``, ``lens_logits``, ``response_logprob``, ``patched_logits``,
+  ``nonfinite_at``, ``locate_nonfinite``;
 * :mod:`.compare` - a pair (validate / accumulate / assemble): ``check_pair``, ``similarity``,
   ``output_shift``; :mod:`.patching` - ``patching`` (cross-model activation patching);
   :mod:`.common` - what they share (the pair check, argument checks, the non-finite error);
@@ -51,7 +52,8 @@ SPEC = register_lens(LensSpec(
 _API: dict[str, str] = {
     **dict.fromkeys(("RESID_HOOKS", "COMPONENTS", "DIRECTIONS", "RESULT_SEGMENTS",
                      "cosine_per_position", "linear_cka", "kl_divergence", "logit_lens",
-                     "lens_logits", "response_logprob", "patched_logits"), "core"),
+                     "lens_logits", "response_logprob", "patched_logits", "nonfinite_at",
+                     "locate_nonfinite"), "core"),
     **dict.fromkeys(("check_pair", "similarity", "output_shift"), "compare"),
     "patching": "patching",
     **dict.fromkeys(("SimilarityResult", "OutputShiftResult", "PatchingResult"), "results"),
