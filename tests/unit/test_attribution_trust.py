@@ -179,6 +179,8 @@ def test_both_settings_side_by_side_with_lengths(settings, llama_pair_ro, tmp_pa
     labels = [t.get_text() for ax in fig.axes for t in ax.get_xticklabels()]
     assert f"base\n{lengths['own']['base']:.1f} tokens" in labels
     assert layout_problems(fig) == []
+    left, right = (ax.title.get_window_extent() for ax in fig.axes[:2])
+    assert left.x1 < right.x0  # the two panels' titles do not run together
     pyplot().close(fig)
     import shiftlens
 

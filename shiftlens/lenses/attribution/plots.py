@@ -161,7 +161,7 @@ def _setting_panel(ax: Any, res: SensitivityResult, title: str) -> None:
                   [f"{r}\n{fmt_number(lengths[r], '.1f')} tokens" for r in ROLES])
     s = res.summary()
     o = s["overall"]
-    ax.set_title(f"{title}\ntuned − base {fmt_number(o['diff'], '+.3f')}, "
+    ax.set_title(f"{title}\ntuned − base {fmt_number(o['diff'], '+.3f')}\n"
                  f"{test_label('Welch', s['alternative'])} p = {fmt_number(o['pvalue'], '.2g')}")
 
 
@@ -177,7 +177,7 @@ def settings_figure(result: ResponseSettingsResult) -> Any:
     h = result.headline
     order = [h, "own" if h == "reference" else "reference"]
     titles = {"reference": "same reference response", "own": "own greedy response (paper)"}
-    fig, axes = new_figure(1, 2, width=7.6, height=3.9, sharey=True)
+    fig, axes = new_figure(1, 2, width=8.0, height=4.2, sharey=True)
     for ax, key in zip(axes[0], order):
         res = result.reference if key == "reference" else result.own
         _setting_panel(ax, res, titles[key] + (" · headline" if key == h else ""))
