@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -41,8 +42,15 @@ from shiftlens.errors import ShiftlensError, ShiftlensWarning
 
 __all__ = [
     "DEVICE_MAP_PRESETS",
+    "DTYPE_NAMES",
     "DevicePlan",
     "model_name",
+    "model_source",
+    "short_name",
+    "short_names",
+    "resolve_dtype",
+    "resolve_device",
+    "quiet_loading",
     "device_of",
     "materialized",
     "named_weights",
@@ -64,16 +72,233 @@ _WRAPPER_SEGMENT = "._original_component"
 
 
 # ---------------------------------------------------------------------------------- names
+#: Directory names that say nothing about the model alone; the parent is added (``pair/base``).
+GENERIC_DIR_NAMES = frozenset({
+    "base", "tuned", "model", "models", "hf", "final", "main", "checkpoint", "checkpoints",
+    "instruct", "chat", "sft", "merged", "output", "outputs", "out", "weights", "latest", "best",
+    "snapshot", "export", "converted",
+})
+_GENERIC_RE = re.compile(
+    r"(?:checkpoint|ckpt|step|global_step|epoch|iter|iteration|run)[-_]?\d+"
+    r"|v?\d+(?:\.\d+)*|[0-9a-f]{40}", re.IGNORECASE)
+_HUB_CACHE_RE = re.compile(r"models--([^/\\]+)--([^/\\]+)[/\\]snapshots[/\\][0-9a-f]+")
+
+
+def _is_local(ref: str) -> bool:
+    """Whether ``ref`` names a local path (it exists, or reads as a path), not a hub id."""
+    if ref.startswith(("/", "./", "../", "~", ".\\", "..\\")) or ref.endswith(".gguf"):
+        return True
+    try:
+        return Path(ref).expanduser().exists()
+    except OSError:  # pragma: no cover - a name too long for the file system
+        return False
+
+
+def _path_parts(ref: str) -> list[str]:
+    return [p for p in Path(ref).expanduser().parts if p not in ("/", "\\", "~", ".", "")]
+
+
+def _tail(parts: list[str], k: int) -> str:
+    return "/".join(parts[-k:])
+
+
+def _first_k(parts: list[str]) -> int:
+    """How many trailing path components name the model readably (2 for ``.../pair/base``)."""
+    last = parts[-1] if parts else ""
+    generic = last.lower() in GENERIC_DIR_NAMES or bool(_GENERIC_RE.fullmatch(last))
+    return min(len(parts), 2 if generic else 1) or 1
+
+
+def short_name(ref: str | Path) -> str:
+    """A short, readable name for a model reference, for figures, sentences and tables.
+
+    * a hub id stays as it is (``"Qwen/Qwen2.5-0.5B"``);
+    * a Hugging Face cache snapshot (``.../models--Qwen--Qwen2.5-0.5B/snapshots/<sha>``) gives
+      its hub id back;
+    * a local directory or file gives its last path component (``/data/llama-7b`` ->
+      ``"llama-7b"``, ``/m/qwen-q8.gguf`` -> ``"qwen-q8.gguf"``), with its parent added when
+      that component alone says nothing (``base``, ``tuned``, ``model``, ``final``,
+      ``checkpoint-500``, ``v2``, ...): ``shiftlens/zoo/pair/base`` -> ``"pair/base"``.
+
+    The full reference stays in ``ModelPair.sources`` and in every report's ``metrics.json``.
+
+    Example:
+        >>> short_name("Qwen/Qwen2.5-0.5B")
+        'Qwen/Qwen2.5-0.5B'
+        >>> short_name("/work/zoo/pair/base"), short_name("/data/llama-7b/")
+        ('pair/base', 'llama-7b')
+        >>> short_name("/hf/hub/models--Qwen--Qwen2.5-0.5B/snapshots/" + "a" * 40)
+        'Qwen/Qwen2.5-0.5B'
+    """
+    s = str(ref)
+    m = _HUB_CACHE_RE.search(s)
+    if m:
+        return f"{m.group(1)}/{m.group(2)}"
+    if not _is_local(s):
+        return s
+    parts = _path_parts(s)
+    if not parts:
+        return s
+    return _tail(parts, _first_k(parts))
+
+
+def short_names(base: str | Path, tuned: str | Path) -> tuple[str, str]:
+    """Short names for a pair (:func:`short_name`), lengthened until the two differ.
+
+    Two checkpoints that end alike (``/runs/a/final`` and ``/runs/b/final``) get as many parent
+    components as it takes to tell them apart (``a/final``, ``b/final``).
+
+    Example:
+        >>> short_names("/runs/a/final", "/runs/b/final")
+        ('a/final', 'b/final')
+        >>> short_names("/x/2024/exp/model", "/x/2025/exp/model")
+        ('2024/exp/model', '2025/exp/model')
+    """
+    nb, nt = short_name(base), short_name(tuned)
+    sb, st = str(base), str(tuned)
+    if nb != nt or not (_is_local(sb) and _is_local(st)) or _HUB_CACHE_RE.search(sb):
+        return nb, nt
+    pb, pt = _path_parts(sb), _path_parts(st)
+    k = max(_first_k(pb), _first_k(pt))
+    while _tail(pb, k) == _tail(pt, k) and k < max(len(pb), len(pt)):
+        k += 1
+    return _tail(pb, k), _tail(pt, k)
+
+
+def model_source(model: Any) -> str:
+    """Where a bridge was loaded from, in full: the reference given to :func:`load_bridge`
+    (hub id, directory or ``.gguf`` file), else its ``cfg.model_name``.
+
+    Example:
+        >>> class Cfg: model_name = "/data/models/llama-7b"
+        >>> class M: cfg = Cfg()
+        >>> model_source(M())
+        '/data/models/llama-7b'
+    """
+    src = getattr(model, "shiftlens_source", None)
+    if src:
+        return str(src)
+    return str(getattr(getattr(model, "cfg", None), "model_name", None) or type(model).__name__)
+
+
 def model_name(model: Any) -> str:
-    """A readable name for a bridge: its ``cfg.model_name`` (path or hub id).
+    """A short readable name for a bridge: :func:`short_name` of :func:`model_source`.
 
     Example:
         >>> class Cfg: model_name = "Qwen/Qwen2.5-0.5B"
         >>> class M: cfg = Cfg()
         >>> model_name(M())
         'Qwen/Qwen2.5-0.5B'
+        >>> Cfg.model_name = "/work/shiftlens/zoo/pair/tuned"
+        >>> model_name(M())
+        'pair/tuned'
     """
-    return str(getattr(getattr(model, "cfg", None), "model_name", None) or type(model).__name__)
+    return short_name(model_source(model))
+
+
+# ---------------------------------------------------------------------------------- dtype, device
+#: Weight dtypes accepted by name (``dtype="bfloat16"``); a ``torch.dtype`` is accepted as well.
+DTYPE_NAMES: tuple[str, ...] = ("float32", "float16", "bfloat16", "float64")
+_DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16",
+                  "float": "float32", "double": "float64", "fp64": "float64"}
+
+
+def resolve_dtype(dtype: Any) -> torch.dtype:
+    """A weight dtype from a ``torch.dtype`` or its name (``"bfloat16"``, ``"torch.float16"``).
+
+    Raises:
+        ShiftlensError: an unknown name, or a dtype that is not floating point.
+
+    Example:
+        >>> resolve_dtype("bfloat16"), resolve_dtype(torch.float16)
+        (torch.bfloat16, torch.float16)
+        >>> resolve_dtype("float8")
+        Traceback (most recent call last):
+        ...
+        shiftlens.errors.ShiftlensError: dtype 'float8' is not a weight dtype; use one of float32, float16, bfloat16, float64 (a name or the torch.dtype)
+    """
+    choices = ", ".join(DTYPE_NAMES)
+    if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise ShiftlensError(f"dtype {dtype} is not a floating-point weight dtype; use one of "
+                                 f"{choices}")
+        return dtype
+    if isinstance(dtype, str):
+        key = dtype.strip().lower().removeprefix("torch.")
+        key = _DTYPE_ALIASES.get(key, key)
+        if key in DTYPE_NAMES:
+            return getattr(torch, key)
+    raise ShiftlensError(f"dtype {dtype!r} is not a weight dtype; use one of {choices} (a name "
+                         "or the torch.dtype)")
+
+
+def resolve_device(device: Any) -> torch.device:
+    """A checked device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``, an index or a
+    ``torch.device``, refused when unknown or not present on this machine.
+
+    Raises:
+        ShiftlensError: an unknown device type (``"tpu"``), CUDA or MPS requested where torch
+            has none, or a CUDA index beyond the devices torch sees.
+
+    Example:
+        >>> resolve_device("CPU")
+        device(type='cpu')
+        >>> resolve_device("tpu")
+        Traceback (most recent call last):
+        ...
+        shiftlens.errors.ShiftlensError: unknown device 'tpu'; use cpu, cuda, cuda:N or mps
+    """
+    if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)):
+        raise ShiftlensError(f"device must be a string such as 'cpu' or 'cuda:0' or a "
+                             f"torch.device, got {type(device).__name__} {device!r}")
+    if isinstance(device, int):
+        device = f"cuda:{device}"
+    if isinstance(device, str):
+        text = device.strip().lower()
+        if not re.fullmatch(r"cpu|mps|meta|cuda(:\d+)?", text):
+            raise ShiftlensError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps")
+        dev = torch.device(text)
+    else:
+        dev = device
+    if dev.type == "cuda":
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not have:
+            raise ShiftlensError(f"device {str(device)!r} requested but CUDA is not available "
+                                 f"(torch {torch.__version__}); use cpu")
+        if dev.index is not None and dev.index >= have:
+            raise ShiftlensError(f"device {str(device)!r}: no such CUDA device ({have} available)")
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if not (mps and mps.is_available()):
+            raise ShiftlensError("device 'mps' requested but it is not available; use cpu")
+    elif dev.type not in ("cpu", "meta"):
+        raise ShiftlensError(f"unknown device {str(device)!r}; use cpu, cuda, cuda:N or mps")
+    return dev
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No ``Loading weights`` progress bars from transformers inside the block.
+
+    The user's transformers setting is restored afterwards (bars stay on or off as they were),
+    so it only scopes shiftlens' own loads; download bars of ``huggingface_hub`` are kept.
+
+    Example:
+        >>> with quiet_loading():
+        ...     pass
+    """
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        yield
+        return
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def _clean(name: str) -> str:
@@ -623,7 +848,7 @@ def load_bridge(
     name_or_path: str | Path,
     *,
     device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     tokenizer: Any = None,
     device_map: DeviceMap | None = None,
     max_memory: Mapping[int | str, int | str] | None = None,
@@ -642,9 +867,10 @@ def load_bridge(
     Args:
         name_or_path: Hub id (``"Qwen/Qwen2.5-0.5B"``), local HF directory, or ``.gguf`` file
             (converted once into a cached HF directory by :mod:`shiftlens.checkpoints`).
-        device: Device for the weights (default ``"cpu"``). Not with ``device_map`` or
-            ``n_devices``.
-        dtype: Weight dtype.
+        device: Device for the weights (default ``"cpu"``; checked by :func:`resolve_device`).
+            Not with ``device_map`` or ``n_devices``.
+        dtype: Weight dtype: a ``torch.dtype`` or its name (``"bfloat16"``; see
+            :func:`resolve_dtype`).
         tokenizer: Optional tokenizer to use instead of the checkpoint's.
         device_map: Accelerate placement: ``{module: target}`` (targets a GPU index,
             ``"cpu"``, ``"disk"``) or a preset (:data:`DEVICE_MAP_PRESETS`), which is resolved
@@ -659,10 +885,13 @@ def load_bridge(
         **boot_kwargs: Passed to ``TransformerBridge.boot_transformers``.
 
     Returns:
-        The booted bridge, in eval mode, with ``cfg.device`` = :func:`device_of`.
+        The booted bridge, in eval mode, with ``cfg.device`` = :func:`device_of`, and
+        ``shiftlens_source`` = the full reference it was loaded from (:func:`model_source`;
+        :func:`model_name` is the short form). transformers' ``Loading weights`` bars are off
+        for the load (:func:`quiet_loading`).
 
     Raises:
-        ShiftlensError: not a model directory, unreadable or truncated files, missing or
+        ShiftlensError: an unknown dtype or device, not a model directory, unreadable or truncated files, missing or
             unexpected tensors, non-finite weights, a refused placement, or (offline) a hub id
             that is not cached.
 
@@ -676,6 +905,12 @@ def load_bridge(
     from transformer_lens.model_bridge import TransformerBridge
 
     name = str(name_or_path)
+    dtype = resolve_dtype(dtype)
+    if device is not None:
+        device = str(resolve_device(device))
+    source = name
+    if _is_local(name) and Path(name).expanduser().exists():
+        source = str(Path(name).expanduser().resolve())
     if name.endswith(".gguf"):
         from shiftlens.checkpoints import gguf_to_hf_dir
 
@@ -725,10 +960,11 @@ def load_bridge(
 
     loader = _CheckedLoader(name, boot_kwargs.pop("model_class", None), strict, check_finite)
     try:
-        model = TransformerBridge.boot_transformers(
-            name, dtype=dtype, tokenizer=tokenizer, model_class=loader, **placement,
-            **boot_kwargs,
-        )
+        with quiet_loading():
+            model = TransformerBridge.boot_transformers(
+                name, dtype=dtype, tokenizer=tokenizer, model_class=loader, **placement,
+                **boot_kwargs,
+            )
     except ShiftlensError:
         raise
     except OSError as e:
@@ -741,6 +977,7 @@ def load_bridge(
         raise
     if getattr(_hf(model), "hf_device_map", None):
         model.cfg.device = str(device_of(model))
+    model.shiftlens_source = source  # the full reference; model_name() shortens it
     model.eval()
     return model
 

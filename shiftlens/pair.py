@@ -17,7 +17,16 @@ from typing import Any, Literal
 
 import torch
 
-from shiftlens.bridge import DeviceMap, load_bridge, model_name, named_weights
+from shiftlens.bridge import (
+    DeviceMap,
+    load_bridge,
+    model_name,
+    model_source,
+    named_weights,
+    resolve_device,
+    resolve_dtype,
+    short_names,
+)
 from shiftlens.errors import ShiftlensError, ShiftlensWarning
 from shiftlens.prompts import InstructionPrompt, TokenizedPrompt, tokenize_prompt
 
@@ -54,6 +63,20 @@ def _bridge_cls() -> type:
     return TransformerBridge
 
 
+def _check_names(names: Any) -> tuple[str, str]:
+    """``(base, tuned)`` display names: two different, non-empty, one-line strings."""
+    if isinstance(names, str) or not isinstance(names, (tuple, list)) or len(names) != 2:
+        raise ShiftlensError(f"names must be a (base, tuned) pair of strings, got {names!r}")
+    out = []
+    for role, n in zip(("base", "tuned"), names):
+        if not isinstance(n, str) or not n.strip() or "\n" in n:
+            raise ShiftlensError(f"the {role} name must be a non-empty one-line string, got {n!r}")
+        out.append(n.strip())
+    if out[0] == out[1]:
+        raise ShiftlensError(f"the base and tuned names must differ, got {out[0]!r} twice")
+    return out[0], out[1]
+
+
 def _per_role(value: Any, what: str) -> tuple[Any, Any]:
     """``value`` for both models, or a ``(base, tuned)`` pair of values."""
     if isinstance(value, (tuple, list)):
@@ -75,7 +98,11 @@ class ModelPair:
         base: The pre-trained model (a ``TransformerBridge``).
         tuned: The instruction-tuned model.
         tokenizer: The shared tokenizer (the base model's; checked equal to the tuned one's).
-        names: ``{"base": ..., "tuned": ...}`` model names used in results and errors.
+        names: ``{"base": ..., "tuned": ...}`` short model names used in figures, sentences,
+            results and errors: the ``names`` given, else a hub id as it is and a local
+            directory's last component(s) (``pair/base``; :func:`shiftlens.bridge.short_names`).
+        sources: ``{"base": ..., "tuned": ...}`` where each model was loaded from, in full
+            (absolute path or hub id; recorded for provenance in reports and Results).
         processing: ``"raw"`` (checkpoint weights) or ``"compat"`` (TL-processed weights).
 
     Example:
@@ -106,7 +133,11 @@ class ModelPair:
             raise ShiftlensError(f"processing must be 'raw' or 'compat', got {processing!r}")
         self.base = base
         self.tuned = tuned
-        n0, n1 = names if names is not None else (model_name(base), model_name(tuned))
+        self.sources = {"base": model_source(base), "tuned": model_source(tuned)}
+        if names is None:
+            n0, n1 = short_names(self.sources["base"], self.sources["tuned"])
+        else:
+            n0, n1 = _check_names(names)
         self.names = {"base": n0, "tuned": n1}
         self.processing: Processing = processing
         if base.tokenizer is None or tuned.tokenizer is None:
@@ -124,9 +155,10 @@ class ModelPair:
         tuned: str | Path,
         *,
         device: str | torch.device | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | str = torch.float32,
         processing: str = "raw",
         check: bool = True,
+        names: tuple[str, str] | None = None,
         device_map: DeviceMap | tuple[DeviceMap, DeviceMap] | None = None,
         max_memory: dict[int | str, int | str] | None = None,
         offload_folder: str | Path | None = None,
@@ -144,12 +176,15 @@ class ModelPair:
             base: The pre-trained model.
             tuned: The instruction-tuned model.
             device: Device for both models (default ``"cpu"``); nothing is moved later. Not
-                with ``device_map``/``n_devices``.
-            dtype: Weight dtype for both.
+                with ``device_map``/``n_devices``. An unknown or absent device is refused
+                before anything loads (:func:`shiftlens.bridge.resolve_device`).
+            dtype: Weight dtype for both: a ``torch.dtype`` or its name (``"bfloat16"``).
             processing: ``"raw"`` checkpoint weights (default) or ``"compat"``: TL's folded
                 and centred weights (``enable_compatibility_mode``; refused for CPU/disk
                 offloaded models, as TransformerLens refuses it).
             check: Run the compatibility checks (tokenizer, shapes, identical weights).
+            names: ``(base, tuned)`` display names (default: short names from the references,
+                :func:`shiftlens.bridge.short_names`; the full ones stay in ``pair.sources``).
             device_map: Accelerate placement for both models (see ``load_bridge``), or a
                 ``(base_map, tuned_map)`` pair, e.g. ``({"": 0}, {"": 1})`` for one GPU each.
             max_memory: Per-target budget for a preset ``device_map``, per model.
@@ -174,6 +209,11 @@ class ModelPair:
         """
         if processing not in ("raw", "compat"):
             raise ShiftlensError(f"processing must be 'raw' or 'compat', got {processing!r}")
+        dtype = resolve_dtype(dtype)
+        if device is not None:
+            resolve_device(device)
+        if names is not None:
+            names = _check_names(names)
         maps = _per_role(device_map, "device_map")
         if processing == "compat":
             for role, m in zip(("base", "tuned"), maps):
@@ -204,7 +244,7 @@ class ModelPair:
         return cls(
             models[0],
             models[1],
-            names=(str(base), str(tuned)),
+            names=names,
             processing=processing,
             check=check,
         )
@@ -381,10 +421,17 @@ class ModelPair:
 
         See :func:`shiftlens.capture.capture_pair` for the arguments.
 
+        Raises:
+            ShiftlensError: ``prompts`` is not a list of :class:`InstructionPrompt` (a string
+                is refused with a hint: wrap it in ``InstructionPrompt``), or is empty.
+
         Example:
             >>> cache = pair.run_with_cache(prompts, ["blocks.0.hook_resid_post"])  # doctest: +SKIP
         """
         from shiftlens.capture import capture_pair
+        from shiftlens.checks import check_prompts
+
+        prompts = check_prompts(prompts, who="run_with_cache")
 
         return capture_pair(
             self,

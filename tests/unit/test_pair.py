@@ -148,3 +148,103 @@ def test_from_pretrained_default_device_is_cpu_and_checks_pass_through(tiny_dirs
     with pytest.raises(ShiftlensError, match=r"model '.*/t' has non-finite weights: 'model.norm.weight' \[32\]"):
         ModelPair.from_pretrained(b, broken)
     ModelPair.from_pretrained(b, broken, check_finite=False)  # on request
+
+
+# ----------------------------------------------------------------------------- names (issue 15)
+def test_short_names_from_references():
+    from shiftlens.bridge import short_name, short_names
+
+    assert short_name("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"  # hub id
+    assert short_name("/data/models/llama-7b") == "llama-7b"
+    assert short_name("/work/shiftlens/zoo/pair/base") == "pair/base"  # generic: parent added
+    assert short_name("/runs/sft/checkpoint-500") == "sft/checkpoint-500"
+    assert short_name("~/m/qwen2.5-0.5b-q8_0.gguf") == "qwen2.5-0.5b-q8_0.gguf"
+    assert short_name("/hf/hub/models--meta-llama--Llama-3.2-1B/snapshots/" + "0" * 40) == \
+        "meta-llama/Llama-3.2-1B"
+    # a pair whose last components agree is told apart by its parents
+    assert short_names("/runs/a/final", "/runs/b/final") == ("a/final", "b/final")
+    assert short_names("/r/x/v1/model", "/r/y/v1/model") == ("x/v1/model", "y/v1/model")
+
+
+def test_pair_names_are_short_and_sources_full(tiny_dirs):
+    b, t = tiny_dirs("llama")
+    pair = ModelPair.from_pretrained(b, t)
+    assert pair.names == {"base": "llama/base", "tuned": "llama/tuned"}
+    assert pair.sources == {"base": str(b.resolve()), "tuned": str(t.resolve())}
+    assert "llama/base" in repr(pair) and str(b) not in repr(pair)
+    named = ModelPair.from_pretrained(b, t, names=("Llama-base", "Llama-chat"))
+    assert named.names == {"base": "Llama-base", "tuned": "Llama-chat"}
+    assert named.sources == pair.sources
+
+
+def test_bad_names_are_refused(tiny_dirs, unchecked):
+    b, t = tiny_dirs("llama")
+    for bad, msg in [(("a", "a"), "must differ"), (("a",), "pair of strings"),
+                     ("ab", "pair of strings"), (("", "x"), "non-empty one-line")]:
+        with pytest.raises(ShiftlensError, match=msg):
+            ModelPair.from_pretrained(b, t, names=bad)
+
+
+def test_toy_pair_names_and_provenance_in_results(toy):
+    from shiftlens.result import make_meta
+
+    assert toy.names == {"base": "pair/base", "tuned": "pair/tuned"}
+    assert toy.sources["base"].endswith("shiftlens/zoo/pair/base")
+    assert make_meta(toy)["models"] == toy.names
+
+
+# ----------------------------------------------------------------------------- dtype, device (issue 14)
+def test_dtype_by_name_and_bad_dtype_device(tiny_dirs, unchecked):
+    b, t = tiny_dirs("llama")
+    pair = ModelPair.from_pretrained(b, t, dtype="bfloat16")
+    assert pair.base.cfg.dtype == torch.bfloat16
+    assert next(pair.tuned.original_model.parameters()).dtype == torch.bfloat16
+    assert load_bridge(b, dtype="torch.float16").cfg.dtype == torch.float16
+    with pytest.raises(ShiftlensError, match=r"dtype 'float8' is not a weight dtype; use one of "
+                                             r"float32, float16, bfloat16, float64"):
+        ModelPair.from_pretrained(b, t, dtype="float8")
+    with pytest.raises(ShiftlensError, match="not a floating-point weight dtype"):
+        load_bridge(b, dtype=torch.int8)
+    with pytest.raises(ShiftlensError, match=r"unknown device 'tpu'; use cpu, cuda, cuda:N or mps"):
+        ModelPair.from_pretrained(b, t, device="tpu")
+    with pytest.raises(ShiftlensError, match="unknown device 'tpu'"):
+        load_bridge(b, device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ShiftlensError, match="CUDA is not available"):
+            load_bridge(b, device="cuda:0")
+
+
+def test_toy_pair_dtype_name_and_bad_device(unchecked):
+    from shiftlens.zoo import toy_pair
+
+    assert toy_pair(dtype="float32").cfg.dtype == torch.float32
+    with pytest.raises(ShiftlensError, match="unknown device 'tpu'"):
+        toy_pair(device="tpu")
+
+
+def test_run_with_cache_refuses_text(llama_pair, unchecked):
+    from shiftlens import InstructionPrompt
+
+    with pytest.raises(ShiftlensError, match=r"run_with_cache: prompts must be a list of "
+                                             r"InstructionPrompt, got str \(wrap text in "
+                                             r"shiftlens.InstructionPrompt\)"):
+        llama_pair.run_with_cache("hello")
+    with pytest.raises(ShiftlensError, match="run_with_cache: prompt 1 is a str"):
+        llama_pair.run_with_cache([InstructionPrompt("hi"), "hello"])
+    with pytest.raises(ShiftlensError, match="run_with_cache: no prompts given"):
+        llama_pair.run_with_cache([])
+
+
+def test_load_bridge_shows_no_loading_bars_and_restores_the_setting(tiny_dirs, capfd):
+    from transformers.utils import logging as hf_logging
+
+    b, _ = tiny_dirs("llama")
+    capfd.readouterr()
+    hf_logging.enable_progress_bar()
+    try:
+        load_bridge(b)
+        assert hf_logging.is_progress_bar_enabled()  # the user's setting is back
+    finally:
+        hf_logging.enable_progress_bar()
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err
