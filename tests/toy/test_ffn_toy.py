@@ -46,3 +46,33 @@ def test_toy_pair_concepts_rotate_toward_its_translation_task(toy_case):
     tr = res.summary()["task"]["translation"]
     assert tr["tuned_mean"] > tr["base_mean"] + 0.1
     assert tr["p"] < 0.05
+
+
+def test_toy_pair_from_its_checkpoint_files_equals_the_bridges(toy):
+    """Issue 17: the lens read from the checkpoint files, one layer at a time, gives the
+    bridge path's results bit for bit on the embedded pair."""
+    from shiftlens.zoo import pair_dirs
+
+    base, tuned = pair_dirs()
+    vocab = default_vocab(toy.tokenizer, 300)
+    rb = ffn.rotation(toy, 16, vocab=vocab, progress=False)
+    rf = ffn.rotation((base, tuned), 16, vocab=vocab, progress=False)
+    assert rb.equals(rf), rb.differences(rf)
+    cb = ffn.concept_shift(toy, k=8, top_words=10, layers=[0, 3], vocab=vocab, progress=False)
+    cf = ffn.concept_shift((base, tuned), k=8, top_words=10, layers=[0, 3], vocab=vocab,
+                           progress=False)
+    assert cb.equals(cf), cb.differences(cf)
+
+
+def test_toy_base_against_itself_keeps_exactly_all_the_variance(toy):
+    """Issue 15: var_retained was 1 - 6e-9 for identical models (a float32 denominator)."""
+    import warnings
+
+    from shiftlens import ModelPair, ShiftlensWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ShiftlensWarning)  # identical weights
+        same = ModelPair.from_models(toy.base, toy.base)
+    df = ffn.rotation(same, 32, vocab=default_vocab(toy.tokenizer, 300), n_moved=0,
+                      progress=False).to_frame()
+    assert (df["var_retained"] == 1.0).all() and (df["overlap"] > 1 - 1e-12).all()
