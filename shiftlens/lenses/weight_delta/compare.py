@@ -50,10 +50,10 @@ class _Acc:
     scores: dict[str, Tensor] = field(default_factory=dict)
 
 
-def _source(x: Any) -> Any:
+def _source(x: Any, from_files: bool = True) -> Any:
     """A checkpoint directory when the model was loaded from one (read from its files), else the
     loaded model itself."""
-    if isinstance(x, (str, Path)):
+    if isinstance(x, (str, Path)) or not from_files:
         return x
     from shiftlens.bridge import model_source
 
@@ -69,6 +69,7 @@ def weight_delta(
     *,
     r: int = 8,
     n_tokens: int = 20,
+    from_files: bool = True,
     progress: bool = True,
 ) -> WeightDeltaResult:
     """Per layer and matrix: how much the weights changed, in how many directions, toward which tokens.
@@ -96,6 +97,8 @@ def weight_delta(
         tuned: The tuned model, same forms.
         r: Directions per matrix read as tokens (and the ``r`` of the energy share).
         n_tokens: Tokens kept per direction.
+        from_files: For loaded bridges: read the checkpoint directory they were loaded from
+            (when it is a local directory with safetensors files), not the loaded weights.
         progress: Show a progress bar.
 
     Returns:
@@ -118,9 +121,10 @@ def weight_delta(
         names = {}
     check_int("r", r, minimum=1)
     check_int("n_tokens", n_tokens, minimum=1)
-    rb, rt = WeightReader(_source(base)), WeightReader(_source(tuned))
+    rb = WeightReader(_source(base, from_files))
+    rt = WeightReader(_source(tuned, from_files))
     matrices = _check_same(rb, rt)
-    tok, w_u = _unembedding(tuned)
+    tok, w_u = _unembedding(_source(tuned, from_files))
     check_int("n_tokens", n_tokens, maximum=rt.d_vocab)
     acc = _Acc(scores={s: torch.zeros(rt.d_vocab, dtype=torch.float64) for s in SOURCES})
     for name in tqdm(matrices, desc="weight delta", disable=not progress):
@@ -150,7 +154,7 @@ def _check_same(rb: WeightReader, rt: WeightReader) -> list[str]:
 def _unembedding(tuned: Any) -> tuple[Any, Tensor]:
     from shiftlens.weights import unembedding, weight_source
 
-    src = weight_source(_source(tuned))
+    src = weight_source(tuned)
     return src.tokenizer, unembedding(src).double()
 
 
