@@ -66,7 +66,7 @@ from shiftlens.tokens import token_strings
 
 __all__ = ["check_pair", "similarity", "output_shift", "patching"]
 
-# the shared helpers, importable from here as before (shiftlens.lenses.residual.units uses them)
+# the shared helpers stay importable from here, as before the patching module was split off
 _ = (_common, _names, _tokenize)
 
 

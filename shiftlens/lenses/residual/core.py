@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Bool, Float, Int, Shaped
 from torch import Tensor
 
 from shiftlens.bridge import device_of, model_name
@@ -106,7 +106,7 @@ def module_device(module: Any, default: torch.device) -> torch.device:
     return default
 
 
-def nonfinite_at(x: Tensor) -> tuple[int, tuple[int, ...]] | None:
+def nonfinite_at(x: Shaped[Tensor, "*dims"]) -> tuple[int, tuple[int, ...]] | None:
     """``(number of NaN/infinite entries, index of the first)`` of ``x``, or None if all finite.
 
     Example:
