@@ -1,4 +1,4 @@
-"""The runner and its run directory, on the synthetic lens of test_runner_units (tiny Llama pair).
+"""The runner and its run directory, on the synthetic lens of runner_synth (tiny Llama pair).
 
 Every test compares the runner's Result with the in-process reference (``equals``: tensors bit
 for bit, frames with dtypes, NaN-aware), and counts computations through ``Faulty``.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_runner_units import PAIR_SYNTH, SYNTH, Faulty, token_stats
+from runner_synth import PAIR_SYNTH, SYNTH, Faulty, token_stats
 
 from shiftlens import ModelPair
 from shiftlens.errors import ShiftlensError, ShiftlensWarning
@@ -80,7 +80,7 @@ def test_inprocess_run_equals_reference_one_model_at_a_time(dirs, prompts, refer
 
 
 def test_registered_ref_merges_without_units(dirs, prompts, reference, tmp_path):
-    run_lens("test_runner_units:SYNTH", dirs, prompts, tmp_path / "r", params={"scale": 0.5},
+    run_lens("runner_synth:SYNTH", dirs, prompts, tmp_path / "r", params={"scale": 0.5},
              progress=False)
     _assert_equal(load_run(tmp_path / "r"), reference["synth"])  # units found from run.json
     run_lens(SYNTH, dirs, prompts[:2], tmp_path / "named", names=("base 7B", "chat 7B"),
@@ -258,7 +258,7 @@ def test_cli_shards_status_merge(main, dirs, prompts, reference, tmp_path, capsy
 
     pfile = save_prompts(prompts, tmp_path / "p.jsonl")
     run = str(tmp_path / "run")
-    argv = ["run", "test_runner_units:SYNTH", dirs[0], dirs[1], "--prompts", str(pfile),
+    argv = ["run", "runner_synth:SYNTH", dirs[0], dirs[1], "--prompts", str(pfile),
             "--out", run, "--param", "scale=0.5", "--no-progress"]
     assert main([*argv, "--shard", "1/2"]) == 0
     out = capsys.readouterr().out
@@ -299,7 +299,7 @@ def test_cli_bad_input_exit_2(main, dirs, prompts, tmp_path, capsys, extra, msg)
     from shiftlens.prompts import save_prompts
 
     pfile = save_prompts(prompts[:2], tmp_path / "p.jsonl")
-    argv = ["run", "test_runner_units:SYNTH", dirs[0], dirs[1], "--prompts", str(pfile),
+    argv = ["run", "runner_synth:SYNTH", dirs[0], dirs[1], "--prompts", str(pfile),
             "--out", str(tmp_path / "run"), "--no-progress"]
     assert main([*argv, "--param", "scale=0.5"]) == 0
     capsys.readouterr()

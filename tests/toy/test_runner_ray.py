@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 import ray  # in the lock (the shiftlens[ray] extra): CI runs these tests, never skips
-from test_runner_units import SYNTH, Faulty, read_counts, token_stats
+from runner_synth import SYNTH, Faulty, read_counts, token_stats
 
 from shiftlens import ModelPair
 from shiftlens.runner import load_run, resolve_units, run_lens
 
 pytestmark = pytest.mark.slow
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

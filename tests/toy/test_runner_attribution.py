@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_runner_units import Faulty
+from runner_synth import Faulty
 
 from shiftlens.runner import load_run, resolve_units, run_lens, run_status
 
