@@ -17,7 +17,14 @@ from torch import Tensor
 from shiftlens.errors import ShiftlensError
 from shiftlens.prompts import INSTRUCTION, SEGMENTS
 from shiftlens.result import Result
-from shiftlens.stats import change_sentence, fmt_number, layer_groups, paired_test, test_label
+from shiftlens.stats import (
+    change_sentence,
+    digits_for,
+    fmt_number,
+    layer_groups,
+    paired_test,
+    test_label,
+)
 
 __all__ = ["ROLES", "InstructionAttentionResult", "VerbShiftResult"]
 
@@ -499,9 +506,11 @@ class VerbShiftResult(Result):
                   for vs in ("instruction", "general")}
         parts = []
         for r in self.tests.itertuples():
+            f = digits_for(r.mean_instruction, r.mean_general, None) if np.isfinite(
+                r.mean_instruction) and np.isfinite(r.mean_general) else ".3f"
             parts.append(
-                f"{r.group}: {fmt_number(r.mean_instruction, '.2f')} vs "
-                f"{fmt_number(r.mean_general, '.2f')}, "
+                f"{r.group}: {fmt_number(r.mean_instruction, f)} vs "
+                f"{fmt_number(r.mean_general, f)}, "
                 f"{_verb_verdict(r.diff, r.p, alt, alpha)} (p = {fmt_number(r.p)}; "
                 f"{r.n_instruction} of {n_sets['instruction']} instruction and {r.n_general} of "
                 f"{n_sets['general']} general verbs changed in some head)")
