@@ -45,6 +45,7 @@ SPEC = register_lens(LensSpec(
     requires=("shiftlens.residual:similarity", "shiftlens.residual:output_shift",
               "shiftlens.residual:patching"),
     examples=f"{_PKG}.section:examples",
+    units=f"{_PKG}.units:UNITS",
     order=40,
 ))
 
