@@ -183,6 +183,9 @@ def test_pattern_view_opens_on_the_finding_head_with_visible_newlines(lpair, mon
     ctx, sec = _Ctx(lpair, prompts), Section("attention", "Attention")
     section.section(ctx, sec)
     assert "Largest increase: layer 1 head 3" in sec.findings[0].text
+    # the verb-shift finding names its settings (the example's differ: its sentence says so)
+    assert "Settings: " in sec.findings[2].text and "top_dims=10 (8 used: d_head)" in \
+        sec.findings[2].text
     (vis,) = sec.views
     heads = [p for n, p in vis.components if n == "AttentionHeads"]
     assert heads and all(p["attentionHeadNames"][0] == "L1H3" for p in heads)
@@ -250,6 +253,9 @@ def test_verb_sentence_names_its_settings_and_the_filter_drops(lpair, small):
             assert (f"{int(r.n_instruction)} of 3 instruction and {int(r.n_general)} of 4 general verbs "
                     "changed in some head") in s
     assert a.summary()["sentence"] != b.summary()["sentence"]
+    # a size the model caps is said: the tiny Llama's d_head is 8
+    c = verb_shift(lpair, small, top_dims=10, top_k=20, progress=False, **VERBS)
+    assert "top_dims=10 (8 used: d_head), top_k=20," in c.summary()["sentence"]
 
 
 def test_word_pairs_say_what_the_filter_dropped(lpair, small):

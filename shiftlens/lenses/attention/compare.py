@@ -518,6 +518,7 @@ def verb_shift(
                         filter=None, bound_filter=bound, exclude_self=exclude_self, device=device,
                         progress=progress)
         funnel.extend({"role": role, **f} for f in df.attrs["funnel"])
+        used = {"top_dims_used": df.attrs["top_dims_used"], "top_k_used": df.attrs["top_k_used"]}
         df.insert(0, "role", role)
         pairs[role] = df
     group_of = layer_groups(pair.cfg.n_layers, tuple(group_names))
@@ -532,7 +533,7 @@ def verb_shift(
         "alternative": alternative, "keep_pairs": keep_pairs},
         n_words=len(plan.vocab), n_skipped_words=len(plan.vocab.skipped),
         missing_verbs=plan.missing, instruction_verbs=plan.instruction,
-        general_verbs=plan.general, n_layers=int(pair.cfg.n_layers),
+        general_verbs=plan.general, n_layers=int(pair.cfg.n_layers), **used,
         filter_reason=filter_reason(bound, fname) if bound is not None else "")
     all_pairs = pd.concat([pairs["base"], pairs["tuned"]], ignore_index=True) if keep_pairs \
         else None

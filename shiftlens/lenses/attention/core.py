@@ -891,7 +891,9 @@ def word_pairs(
         ``layer, head, rank, dim, dim_rank, energy, q_word, k_word, q_act, k_act, score,
         similarity, q_index, k_index`` (``score = q_act * k_act``, ``similarity`` from the
         filter when it has one); ``df.attrs`` records the model, the filter, the vocabulary
-        size, the number of skipped words, and what was dropped: ``attrs["funnel"]`` (per
+        size, the number of skipped words, the sizes used (``top_dims_used``: capped at
+        d_head; ``top_k_used``: capped at the vocabulary), and what was dropped:
+        ``attrs["funnel"]`` (per
         head: ``candidates``, ``self``, ``opposite_sign``, ``unrelated`` (dropped by the
         relatedness filter), ``kept``), their sums ``attrs["counts"]``, the filter's reason
         ``attrs["filter_reason"]`` and one sentence ``attrs["filter_note"]`` ("The
@@ -938,8 +940,11 @@ def word_pairs(
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     reason = filter_reason(bound, fname) if bound is not None else ""
     totals = funnel_totals(funnel)
+    d_head = int(lp.energy.shape[1])
     df.attrs.update({"model": model_name(model), "filter": fname, "n_words": len(vocab),
-                     "n_skipped_words": len(vocab.skipped), "funnel": funnel,
+                     "n_skipped_words": len(vocab.skipped),
+                     "top_dims_used": d_head if top_dims is None else min(top_dims, d_head),
+                     "top_k_used": min(top_k, len(vocab)), "funnel": funnel,
                      "counts": totals, "filter_reason": reason,
                      "filter_note": filter_note(fname, reason, totals)})
     return df

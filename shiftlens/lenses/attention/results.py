@@ -476,8 +476,16 @@ class VerbShiftResult(Result):
         lay = ("all layers" if layers is None or (n_layers is not None
                                                    and list(layers) == list(range(n_layers)))
                else f"layers {', '.join(map(str, layers))}")
+        def used(name: str, why: str) -> str:
+            asked, got = p.get(name), self.meta.get(f"{name}_used")
+            if got is None or asked == got:
+                return f"{name}={asked}"
+            if asked is None:
+                return f"{name}=None (all {got})"
+            return f"{name}={asked} ({got} used: {why})"
+
         return (f"{n:,}-word vocabulary" if isinstance(n, int) else "vocabulary") + (
-            f", top_dims={p.get('top_dims')}, top_k={p.get('top_k')}, "
+            f", {used('top_dims', 'd_head')}, {used('top_k', 'the vocabulary size')}, "
             f"min_dims={p.get('min_dims')}, exclude_self={p.get('exclude_self')}, {lay}, "
             f"filter {p.get('filter')} bound to {p.get('filter_model', 'base')}")
 
