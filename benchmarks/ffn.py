@@ -14,6 +14,11 @@ One JSON line per measurement, with ratios against the reference measured in the
   a per-component loop (matrix-vector product + top-k per component), results checked equal;
 * ``all_layers``: every layer, components + concept words, total seconds; the loop's total is
   measured on ``--naive-layers`` layers and scaled per layer (it is the slow part).
+* ``report_cache``: what the report runs, ``concept_shift`` (k) then ``rotation`` (64), on a
+  pair of in-memory weight sources of this size over ``--cache-layers`` layers, with one shared
+  :class:`~shiftlens.lenses.ffn.core.ComponentCache` against without (each layer's PCA computed
+  twice); the results are checked equal. The annotator is a constant one, so the time is the
+  lens's own.
 
 Usage::
 
@@ -31,7 +36,15 @@ import time
 
 import torch
 
-from shiftlens.lenses.ffn.core import normalized_word_vectors, pca, principal_angles, top_words
+from shiftlens.lenses.ffn.annotators import Annotation
+from shiftlens.lenses.ffn.compare import concept_shift, rotation
+from shiftlens.lenses.ffn.core import (
+    ComponentCache,
+    normalized_word_vectors,
+    pca,
+    principal_angles,
+    top_words,
+)
 from shiftlens.weights import WordVocab
 
 
@@ -62,6 +75,45 @@ def layer_weight(layer: int, d_mlp: int, d_model: int, device: torch.device) -> 
     return (torch.randn(d_mlp, d_model, generator=g) * scale).to(device)
 
 
+class ArraySource:
+    """A weight source held in memory (``shiftlens.weights.WeightSource``): W_out per layer and
+    W_U as tensors, no model."""
+
+    def __init__(self, name: str, w_out: list[torch.Tensor], W_U: torch.Tensor) -> None:
+        from types import SimpleNamespace
+
+        self.w_out, self.W_U = w_out, W_U
+        self.cfg = SimpleNamespace(n_layers=len(w_out), d_model=W_U.shape[0],
+                                   d_mlp=w_out[0].shape[0], d_vocab=W_U.shape[1], n_heads=1,
+                                   model_name=name, device="cpu")
+        self.tokenizer = None
+
+    def mlp_out(self, layer: int, *, fold_norm: bool = True) -> torch.Tensor:
+        return self.w_out[layer]
+
+    def unembedding(self, *, fold_norm: bool = True) -> torch.Tensor:
+        return self.W_U
+
+    def embedding(self) -> torch.Tensor:
+        return self.W_U.T
+
+    def qk_weights(self, layer: int, *, fold_norm: bool = True):
+        raise NotImplementedError
+
+
+class ConstantAnnotator:
+    """Every concept 'none'/syntax: the benchmark times the lens, not an annotator."""
+
+    seeds = (0,)
+    name = "constant"
+
+    def __repr__(self) -> str:
+        return "ConstantAnnotator()"
+
+    def annotate(self, words, *, seed=0):
+        return Annotation("none", "syntax")
+
+
 def loop_concept_words(comps: torch.Tensor, dirs: torch.Tensor, n: int):
     scores, idx = [], []
     for c in range(comps.shape[0]):
@@ -82,6 +134,10 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=300)
     ap.add_argument("--top-words", type=int, default=50)
     ap.add_argument("--naive-layers", type=int, default=None)
+    ap.add_argument("--cache-layers", type=int, default=None,
+                    help="layers of the report_cache measurement (default 4; --quick 1)")
+    ap.add_argument("--only", choices=["report_cache"], default=None,
+                    help="run this measurement only")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
@@ -98,6 +154,14 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     W_U = (torch.randn(d, V, generator=g) / math.sqrt(d)).to(dev)
     vocab = random_vocab(V, V, seed=0)
+    if args.only != "report_cache":
+        tensor_level(args, dev, W_U, vocab, n_layers, naive_layers)
+    report_cache(args, dev, W_U, vocab)
+
+
+def tensor_level(args, dev, W_U, vocab, n_layers, naive_layers) -> None:
+    """The tensor-level measurements: solvers, concept words, all layers."""
+    d, n, V, k, t = args.d_model, args.d_mlp, args.vocab, args.k, args.top_words
     sec, dirs = timed(lambda: normalized_word_vectors(W_U, vocab))
     emit(bench="word_directions", seconds=sec, n_words=len(vocab))
 
@@ -148,6 +212,33 @@ def main() -> None:
          total_s=total, loop_concept_words_s_est=naive_words_total,
          loop_measured_layers=naive_layers, naive_total_s_est=naive_total,
          ratio=naive_total / total, words_ratio=naive_words_total / t_words)
+
+
+def report_cache(args, dev, W_U, vocab) -> None:
+    """The report's two analyses: one shared PCA per layer and model, or two."""
+    d, n, k, t = args.d_model, args.d_mlp, args.k, args.top_words
+    n_cache = args.cache_layers or (1 if args.quick else 4)
+    base_w = [layer_weight(layer, n, d, torch.device("cpu")) for layer in range(n_cache)]
+    gt = torch.Generator().manual_seed(7)
+    tuned_w = [w + 0.3 * w.std() * torch.randn(w.shape, generator=gt) for w in base_w]
+    pair = (ArraySource("base", base_w, W_U.cpu()), ArraySource("tuned", tuned_w, W_U.cpu()))
+    k_rot = min(64, k)
+
+    annotator = ConstantAnnotator()
+
+    def report(cache):
+        cs = concept_shift(pair, annotator, k=k, top_words=t, vocab=vocab,
+                           device=dev, progress=False, cache=cache)
+        rot = rotation(pair, k_rot, vocab=vocab, device=dev, progress=False, cache=cache)
+        return cs, rot
+
+    t_plain, (cs0, rot0) = timed(lambda: report(None))
+    cache = ComponentCache()
+    t_cached, (cs1, rot1) = timed(lambda: report(cache))
+    emit(bench="report_cache", n_layers=n_cache, concept_k=k, rotation_k=k_rot,
+         without_cache_s=t_plain, with_cache_s=t_cached, ratio=t_plain / t_cached,
+         pca_computed_without=4 * n_cache, pca_computed_with=cache.misses - 2,
+         cache_hits=cache.hits, same_result=bool(cs0.equals(cs1) and rot0.equals(rot1)))
 
 
 if __name__ == "__main__":

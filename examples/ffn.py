@@ -134,6 +134,21 @@ if which == "toy":
     print("toy lexicon:", res_toy.summary()["sentence"])
     res_toy.show(out / "concept_shift_toy_lexicon.png")
 
+# %% from the checkpoint files, one layer at a time (for a model that does not fit in memory),
+# with one ComponentCache shared by both analyses (each layer's PCA computed once, as the report)
+if which == "toy":
+    from shiftlens.zoo import pair_dirs
+
+    cache = ffn.ComponentCache()
+    files = pair_dirs()  # (base_dir, tuned_dir): read with shiftlens.weights.CheckpointWeights
+    rot_files = ffn.rotation(files, vocab=vocab, top_words=8, progress=False, cache=cache)
+    res_files = ffn.concept_shift(files, k=16, top_words=15, vocab=vocab, progress=False,
+                                  cache=cache)
+    print("from the files, bit for bit the bridges' results:",
+          rot_files.equals(rot) and res_files.equals(res), cache)
+    print(res_files.exclusions().to_string() if len(res_files.exclusions())
+          else "no (model, seed, layer group) without an explainable concept")
+
 # %% the paper's two-step protocol with any text generator (here: a rule-based stand-in)
 # Replace `toy_llm` by a call into a local chat model, e.g.
 #   lambda prompt, seed: chat(prompt, temperature=1.0, seed=seed)

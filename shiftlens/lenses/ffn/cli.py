@@ -1,4 +1,10 @@
-"""``shiftlens concepts``: one layer's W_out principal components read as words."""
+"""``shiftlens concepts``: one layer's W_out principal components read as words.
+
+A local checkpoint (a directory, a ``.gguf`` file, ``toy:base``/``toy:tuned``) is read from its
+files, that layer's output projection and the unembedding only
+(:class:`shiftlens.weights.CheckpointWeights`: no model is loaded, so a model that does not fit
+in memory can be read); a hub id, or ``--device-map``, loads a bridge.
+"""
 
 from __future__ import annotations
 
@@ -37,14 +43,24 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def run_concepts(args: argparse.Namespace) -> int:
     """``shiftlens concepts``: a layer's W_out principal components read as words."""
-    from shiftlens.bridge import load_bridge
     from shiftlens.checks import check_layer
     from shiftlens.lenses.ffn.core import concept_words
     from shiftlens.lenses.ffn.lexicon import LexiconAnnotator
+    from shiftlens.tokens import display_token
 
-    model = load_bridge(A.model_ref(args.model), **A.load_kwargs(args))
+    ref = A.model_ref(args.model)
+    kw = A.load_kwargs(args)
+    if Path(ref).exists() and not kw.get("device_map"):
+        from shiftlens.weights import CheckpointWeights
+
+        model = CheckpointWeights(ref, dtype=kw["dtype"])  # this layer's W_out and W_U only
+    else:
+        from shiftlens.bridge import load_bridge
+
+        model = load_bridge(ref, **kw)
     check_layer(model, args.layer)
-    cw = concept_words(model, args.layer, k=args.k, top_words=args.top_words)
+    cw = concept_words(model, args.layer, k=args.k, top_words=args.top_words,
+                       device=kw.get("device"))
     df = cw.to_frame()
     ann = LexiconAnnotator()
     tasks, levels = [], []
@@ -57,7 +73,7 @@ def run_concepts(args: argparse.Namespace) -> int:
     print(f"model: {args.model}, layer {args.layer}: W_out principal components read in words "
           "(cosine with the unembedding, sign kept; lexicon annotation)\n")
     for i, row in df.iterrows():
-        shown = [f"{w}{'+' if s.startswith('+') else '-'}" for w, s in
+        shown = [f"{display_token(w)}{'+' if s.startswith('+') else '-'}" for w, s in
                  zip(row["words"].split("|")[: args.show], row["scores"].split("|"))]
         print(f"#{i:<3d} {row['explained_variance_ratio']:6.1%}  {row['task']:11s} "
               f"{row['level']:10s} {' '.join(shown)}")
