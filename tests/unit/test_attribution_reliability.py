@@ -353,10 +353,21 @@ _responses = hs.one_of(
     hs.integers(), hs.just(np.array([1, 2])))
 
 
-@settings(max_examples=30, deadline=None, derandomize=True,
+def _mostly(valid, invalid):
+    """``valid`` 4 times in 5, so that most drawn calls get past validation and run."""
+    return hs.integers(0, 4).flatmap(lambda k: invalid if k == 0 else valid)
+
+
+_valid_responses = hs.one_of(hs.none(), hs.text(min_size=1, max_size=6).filter(str.strip),
+                             hs.lists(hs.integers(0, 255), min_size=1, max_size=3))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(response=_responses, max_new_tokens=_ints, chunk_size=_ints,
-       mode=hs.sampled_from(["auto", "forward", "reverse", "both", 1, None]))
+@given(response=_mostly(_valid_responses, _responses),
+       max_new_tokens=_mostly(hs.integers(1, 4), _ints), chunk_size=_mostly(hs.integers(1, 4), _ints),
+       mode=_mostly(hs.sampled_from(["auto", "forward", "reverse"]),
+                    hs.sampled_from(["both", 1, None])))
 def test_fuzz_attribute_gives_a_result_or_a_shiftlens_error(gpt2, unchecked, response,
                                                            max_new_tokens, chunk_size, mode):
     with warnings.catch_warnings():
@@ -396,6 +407,36 @@ def test_fuzz_from_matrices_gives_a_result_or_a_shiftlens_error(unchecked, level
         return
     s = res.summary()
     assert s["n_scored"] + len(s["excluded"]) == 2 and s["sentence"]
+
+
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(levels=_ints, threshold=_ints, p=hs.one_of(_ints, hs.floats(allow_nan=True)),
+       alternative=hs.sampled_from(["two-sided", "greater", "less", "more", None]), seed=_ints,
+       max_new_tokens=_ints, chunk_size=_ints, mode=hs.sampled_from(["auto", "forward", "x"]),
+       response=hs.one_of(hs.sampled_from(["generate", "reference", "own"]),
+                          hs.lists(hs.one_of(hs.none(), hs.text(max_size=4), hs.integers()),
+                                   max_size=2)),
+       position=hs.one_of(hs.sampled_from(list(A.POSITIONS) + ["top"]), hs.integers()),
+       context=hs.one_of(hs.text(max_size=5), hs.lists(hs.text(max_size=4), max_size=3)))
+def test_fuzz_pair_validation_gives_a_plan_or_a_shiftlens_error(gpt2_pair, unchecked, levels,
+                                                                threshold, p, alternative, seed,
+                                                                max_new_tokens, chunk_size, mode,
+                                                                response, position, context):
+    """Everything instruction_sensitivity checks before a model runs, and place_instruction."""
+    try:
+        plan = A.validate_sensitivity(gpt2_pair, [PROMPT], levels=levels, threshold=threshold,
+                                      p=p, alternative=alternative, seed=seed,
+                                      max_new_tokens=max_new_tokens, chunk_size=chunk_size,
+                                      mode=mode, response=response)
+        assert len(plan) == 1 and plan.params["alternative"] in A.ALTERNATIVES
+    except ShiftlensError:
+        pass
+    try:
+        pr = A.place_instruction("List the animals.", context, position)
+        assert pr.text.count("List the animals.") == 1
+    except ShiftlensError:
+        pass
 
 
 def test_no_warning_of_any_kind_in_an_attribution_run(gpt2_pair, tmp_path):
