@@ -23,6 +23,7 @@ from shiftlens.lenses.attention import (
     InstructionAttentionResult,
     VectorFilter,
     cosine_threshold,
+    drop_nonfinite,
     head_tests,
     instruction_attention,
     model_word_pairs,
@@ -228,6 +229,25 @@ def test_tests_and_results_refuse_nonfinite_masses(clean, tmp_path):
     with pytest.raises(ShiftlensError, match=rf"mass holds 1 non-finite values \(first: base, "
                                              rf"prompt {res.prompt_ids[1]!r}, layer 1, head 2\)"):
         shiftlens.load(bad.save(tmp_path / "bad"))
+
+
+def test_drop_nonfinite_counts_prompts_not_ids():
+    """Two prompts may share an id: the exclusion goes by position, the record by id."""
+    m = torch.rand(2, 3, 1, 2, len(SEGMENTS))
+    m[0, 1, 0, 0, 0] = float("nan")
+    names = {"base": "B", "tuned": "T"}
+    with pytest.warns(ShiftlensWarning, match="1 of 3 prompts excluded"):
+        mass, ids, used, cells = drop_nonfinite(m, ["a", "a", "b"], [False, True, False], [4],
+                                                names)
+    assert ids == ["a", "b"] and used == [False, False]
+    torch.testing.assert_close(mass, m[:, [0, 2]])
+    assert cells.to_dict("records") == [{"id": "a", "role": "base", "model": "B", "layer": 4,
+                                         "heads": 1}]
+    m[1, :, 0, 1, 2] = float("inf")
+    with pytest.raises(ShiftlensError, match="for 3 of 3 prompts: base model 'B': prompt 'a' "
+                                             r"\(layer 4\); tuned model 'T': prompt 'a' \(layer 4\), "
+                                             r"prompt 'b' \(layer 4\)\..*No prompt is left"):
+        drop_nonfinite(m, ["a", "a", "b"], [False] * 3, [4], names)
 
 
 def test_filters_refuse_nonfinite_vectors():

@@ -297,12 +297,14 @@ def drop_nonfinite(
     if not len(cells):
         return mass, list(prompt_ids), list(used_last), cells
     n = len(prompt_ids)
-    bad = set(cells["id"])
-    if len(bad) == n:
-        raise ShiftlensError(nonfinite_message(cells, n, who) + " No prompt is left to compare.")
-    keep = [i for i, p in enumerate(prompt_ids) if p not in bad]
-    warnings.warn(f"{who}: {len(bad)} of {n} prompts excluded from every average and test: "
-                  + nonfinite_message(cells, n).split(": ", 1)[1], ShiftlensWarning,
+    bad = (~torch.isfinite(mass)).flatten(2).any(-1).any(0)  # per prompt (ids may repeat)
+    n_bad = int(bad.sum())
+    if n_bad == n:
+        raise ShiftlensError(nonfinite_message(cells, n, who, n_bad=n_bad)
+                             + " No prompt is left to compare.")
+    keep = (~bad).nonzero().flatten().tolist()
+    warnings.warn(f"{who}: {n_bad} of {n} prompts excluded from every average and test: "
+                  + nonfinite_message(cells, n, n_bad=n_bad).split(": ", 1)[1], ShiftlensWarning,
                   stacklevel=3)
     return (mass[:, keep], [prompt_ids[i] for i in keep], [bool(used_last[i]) for i in keep],
             cells)

@@ -215,8 +215,8 @@ def describe_nonfinite(cells: pd.DataFrame, *, limit: int = 3) -> str:
     parts = []
     for (role, model), sub in cells.groupby(["role", "model"], sort=False):
         by_prompt = sub.groupby("id", sort=False)["layer"].apply(list)
-        items = [f"prompt {pid!r} (layer{'s' if len(ls) > 1 else ''} "
-                 f"{', '.join(str(x) for x in sorted(ls))})"
+        items = [f"prompt {pid!r} (layer{'s' if len(set(ls)) > 1 else ''} "
+                 f"{', '.join(str(x) for x in sorted(set(ls)))})"
                  for pid, ls in list(by_prompt.items())[:limit]]
         more = len(by_prompt) - limit
         who = f"model {model!r}" if role == "model" else f"{role} model {model!r}"
@@ -225,7 +225,8 @@ def describe_nonfinite(cells: pd.DataFrame, *, limit: int = 3) -> str:
     return "; ".join(parts)
 
 
-def nonfinite_message(cells: pd.DataFrame, n_prompts: int, who: str = "") -> str:
+def nonfinite_message(cells: pd.DataFrame, n_prompts: int, who: str = "", *,
+                      n_bad: int | None = None) -> str:
     """The error for non-finite attention masses: models, prompts, layers, and what to check.
 
     Example:
@@ -234,7 +235,8 @@ def nonfinite_message(cells: pd.DataFrame, n_prompts: int, who: str = "") -> str
         >>> nonfinite_message(cells, 5).split(":")[0]
         'non-finite attention mass for 1 of 5 prompts'
     """
-    n_bad = cells["id"].nunique()
+    if n_bad is None:  # prompts counted by id (give n_bad when ids may repeat)
+        n_bad = int(cells["id"].nunique())
     first = cells.iloc[0]
     pre = f"{who}: " if who else ""
     role = "" if first["role"] == "model" else f"{first['role']} "
@@ -394,7 +396,8 @@ def segment_attention(
     if nonfinite == "raise":
         bad = out.nonfinite()
         if len(bad):
-            raise ShiftlensError(nonfinite_message(bad, len(prompts)))
+            n_bad = int((~torch.isfinite(mass)).flatten(1).any(-1).sum())
+            raise ShiftlensError(nonfinite_message(bad, len(prompts), n_bad=n_bad))
     return out
 
 
