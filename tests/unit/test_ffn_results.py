@@ -91,7 +91,7 @@ def test_inconsistent_rotation_is_refused_on_load(results, tmp_path):
 
 
 def test_inconsistent_concept_shift_is_refused_on_load(results, tmp_path):
-    cs, _ = results
+    cs, rot = results
     df = cs.annotations
     bad = ffn.ConceptShiftResult(df.iloc[:-1].reset_index(drop=True), dict(cs.meta))
     with pytest.raises(ShiftlensError, match=r"15 annotations, but 2 models x 2 layers x k=4"):
@@ -106,6 +106,13 @@ def test_inconsistent_concept_shift_is_refused_on_load(results, tmp_path):
     bad = ffn.ConceptShiftResult(df.assign(model="other"), dict(cs.meta))
     with pytest.raises(ShiftlensError, match="unknown model roles"):
         shiftlens.load(bad.save(tmp_path / "d"))
+    meta = {**cs.meta, "params": {**cs.params, "alternative": "bigger"}}
+    with pytest.raises(ShiftlensError, match="alternative 'bigger' is not one of"):
+        shiftlens.load(ffn.ConceptShiftResult(df, meta).save(tmp_path / "e"))
+    bad = ffn.RotationResult(rot.layers.assign(overlap=np.nan), rot.moved, rot.angles,
+                             dict(rot.meta))
+    with pytest.raises(ShiftlensError, match="non-finite overlap in layer 0"):
+        shiftlens.load(bad.save(tmp_path / "f"))
 
 
 # ------------------------------------------------------------------------------ figures

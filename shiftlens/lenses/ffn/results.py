@@ -124,7 +124,8 @@ class ConceptShiftResult(Result):
     # -- invariants
     def validate(self) -> None:
         """Refuse inconsistent fields: columns, labels, one row per (model, layer, component,
-        seed), and ``len(models) x len(layers) x k x len(seeds)`` rows when ``params`` says so.
+        seed), ``len(models) x len(layers) x k x len(seeds)`` rows when ``params`` says so, and
+        an unknown test alternative.
 
         Example:
             >>> res.validate()  # doctest: +SKIP
@@ -150,6 +151,9 @@ class ConceptShiftResult(Result):
             raise ShiftlensError("ConceptShiftResult: a (model, layer, component, seed) occurs "
                                  "twice")
         p = self.params
+        if p.get("alternative", "two-sided") not in ALTERNATIVES:
+            raise ShiftlensError(f"ConceptShiftResult: params alternative "
+                                 f"{p.get('alternative')!r} is not one of {ALTERNATIVES}")
         if {"layers", "k", "seeds"} <= set(p):
             want = 2 * len(p["layers"]) * int(p["k"]) * len(p["seeds"])
             if len(df) != want:
