@@ -312,7 +312,12 @@ def pair_similarity(bound: Any, a: Tensor, b: Tensor) -> np.ndarray:
 
 
 def check_k(k: Any) -> int:
-    """``k`` (pairs per head) as a positive int."""
+    """``k`` (pairs per head) as a positive int (bools refused).
+
+    Example:
+        >>> check_k(5)
+        5
+    """
     return check_int("k", k, minimum=1)
 
 
