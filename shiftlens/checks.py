@@ -133,8 +133,10 @@ def check_layer(model: Any, layer: Any, head: Any = None) -> int:
         0
     """
     n = int(_cfg(model).n_layers)
-    if isinstance(layer, bool) or not isinstance(layer, (numbers.Integral, np.integer)) \
-            or not 0 <= int(layer) < n:
+    if isinstance(layer, bool) or not isinstance(layer, (numbers.Integral, np.integer)):
+        raise ShiftlensError(f"{_who(model)}: layer {layer!r} out of range: a layer is an "
+                             f"integer index in [0, {n})")
+    if not 0 <= int(layer) < n:
         raise ShiftlensError(f"{_who(model)}: layer {layer!r} out of range (n_layers={n})")
     if head is not None:
         check_head(model, layer, head)
@@ -149,8 +151,10 @@ def check_head(model: Any, layer: Any, head: Any) -> int:
         1
     """
     h = int(_cfg(model).n_heads)
-    if isinstance(head, bool) or not isinstance(head, (numbers.Integral, np.integer)) \
-            or not 0 <= int(head) < h:
+    if isinstance(head, bool) or not isinstance(head, (numbers.Integral, np.integer)):
+        raise ShiftlensError(f"{_who(model)}: head {head!r} of layer {layer} out of range: a "
+                             f"head is an integer index in [0, {h})")
+    if not 0 <= int(head) < h:
         raise ShiftlensError(f"{_who(model)}: head {head!r} of layer {layer} out of range "
                              f"(n_heads={h})")
     return int(head)

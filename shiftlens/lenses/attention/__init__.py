@@ -43,6 +43,7 @@ SPEC = register_lens(LensSpec(
     limits={"attention": 64},
     requires=(f"{_P}.compare:instruction_attention",),
     examples=f"{_P}.section:examples",
+    units=f"{_P}.units:INSTRUCTION_ATTENTION_UNITS",
     order=20,
 ))
 
