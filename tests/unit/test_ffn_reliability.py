@@ -243,7 +243,7 @@ def _cases(pair, vocab):
         (lambda: pc(fold_post_norm="yes"), "fold_post_norm must be True or False, got 'yes'"),
         (lambda: pc(seed=-2), "seed must be >= 0, got -2"),
         (lambda: pc(layer=2), "layer 2 out of range"),
-        (lambda: pc(layer=np.float64(0)), r"layer .*0\.0.* out of range \(n_layers=2\)"),
+        (lambda: pc(layer=np.float64(0)), r"layer .*0\.0.* out of range: a layer is an integer index"),
         (lambda: ffn.concept_words(pair.base, 0, k=2, vocab=vocab, directions="x"),
          "directions must be a 2-D floating-point tensor, got str"),
         (lambda: ffn.concept_words(pair.base, 0, k=2, vocab=vocab, directions=torch.ones(3, 32)),
@@ -259,7 +259,16 @@ def _cases(pair, vocab):
          r"need \[k, d\] and \[m, d\]"),
         (lambda: ffn.explained_share(torch.randn(5, 3), torch.eye(2)), "the same width d"),
         (lambda: ffn.GenerativeAnnotator(lambda p: "x", seeds=[-1]), "seed must be >= 0"),
+        (lambda: ffn.LexiconAnnotator().annotate("python code"), "words must be a list of strings"),
+        (lambda: ffn.LexiconAnnotator().annotate(["python", 3]), "words must be a list of strings"),
+        (lambda: ffn.LexiconAnnotator().annotate(None), "words must be a list of strings"),
+        (lambda: ffn.ConceptShiftResult.stats(cs_result(pair, vocab), "bigger"),
+         "alternative must be one of"),
     ]
+
+
+def cs_result(pair, vocab):
+    return ffn.concept_shift(pair, k=2, top_words=5, vocab=vocab, progress=False)
 
 
 def test_bad_arguments_name_the_argument_and_value(pair, vocab, unchecked):

@@ -324,12 +324,16 @@ class LexiconAnnotator:
             ``{"task": {task: share}, "level": {level: share}, "n_words": {"n": n}}``.
 
         Raises:
-            ShiftlensError: no word left after cleaning.
+            ShiftlensError: ``words`` not a list of strings, or no word left after cleaning.
 
         Example:
             >>> LexiconAnnotator().scores(["cat", "hat", "bat", "mat"])["level"]["phonology"]
             1.0
         """
+        if isinstance(words, (str, bytes)) or not isinstance(words, Sequence) \
+                or not all(isinstance(w, str) for w in words):
+            raise ShiftlensError(f"LexiconAnnotator: words must be a list of strings, got "
+                                 f"{words!r:.80}")
         ws = [_clean_word(w) for w in list(words)[: self.top_n]]
         ws = [w for w in ws if w]
         n = len(ws)
