@@ -48,7 +48,10 @@ __all__ = [
 ]
 
 #: The lens packages shipped with shiftlens, in report order.
-BUILTIN_LENSES: tuple[str, ...] = ("attribution", "attention", "ffn", "residual")
+BUILTIN_LENSES: tuple[str, ...] = (
+    "attribution", "attention", "ffn", "residual",
+    "activation_difference", "weight_delta", "amplification", "crosscoder",
+)
 
 
 def import_results() -> None:

@@ -60,6 +60,7 @@ from tqdm.auto import tqdm
 from shiftlens.bridge import check_finite_weights, device_of
 from shiftlens.bridge import model_name as _name
 from shiftlens.checks import check_choice, check_int
+from shiftlens.diagnose import describe_site, locate_nonfinite
 from shiftlens.errors import ShiftlensError, ShiftlensWarning
 from shiftlens.generate import DEFAULT_MAX_NEW_TOKENS, greedy
 from shiftlens.lenses.attribution.results import AttributionResult
@@ -133,65 +134,6 @@ def check_model(model: Any, who: str = "") -> None:
                              f"shiftlens.load_bridge), got {type(model).__name__}")
 
 
-#: Hooks of one block in the order a forward pass computes them (where the model has them).
-_BLOCK_HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out",
-                "hook_resid_post")
-
-
-def _nonfinite_at(x: Tensor) -> tuple[int, int] | None:
-    """``(count, first position)`` of the NaN/infinite entries of ``x [batch, pos, ...]``."""
-    if not x.is_floating_point() or x.numel() == 0:
-        return None
-    bad = ~torch.isfinite(x.detach())
-    if not bool(bad.any()):
-        return None
-    first = torch.nonzero(bad)[0]
-    return int(bad.sum()), int(first[1]) if first.numel() > 1 else int(first[0])
-
-
-def locate_nonfinite(model: Any, tokens: Int[Tensor, " pos"]) -> tuple[str, int, int] | None:
-    """Where one forward pass of ``model`` on ``tokens`` first produces a NaN or an infinity.
-
-    Checks, in the order they are computed, ``hook_embed``, then every block's
-    ``hook_resid_pre``, ``hook_attn_out``, ``hook_resid_mid``, ``hook_mlp_out`` and
-    ``hook_resid_post`` (those the model has), then the logits. Nothing is stored.
-
-    Args:
-        model: A TransformerBridge.
-        tokens: One sequence ``[pos]``.
-
-    Returns:
-        ``(hook name or "logits", layer or -1, first position)``, or None when all are finite.
-
-    Example:
-        >>> locate_nonfinite(pair.tuned, tp.tokens)  # doctest: +SKIP
-        ('blocks.1.hook_mlp_out', 1, 0)
-    """
-    names = [("hook_embed", -1)] + [
-        (f"blocks.{layer}.{h}", layer) for layer in range(int(model.cfg.n_layers))
-        for h in _BLOCK_HOOKS]
-    names = [(n, layer) for n, layer in names if n in model.hook_dict]
-    found: list[tuple[int, str, int, int]] = []
-
-    def make(rank: int, name: str, layer: int) -> Any:
-        def hook(act: Tensor, hook: Any = None) -> Tensor:
-            r = _nonfinite_at(act)
-            if r is not None:
-                found.append((rank, name, layer, r[1]))
-            return act
-
-        return hook
-
-    with torch.no_grad(), model.hooks(fwd_hooks=[(n, make(k, n, layer))
-                                                 for k, (n, layer) in enumerate(names)]):
-        logits = model(tokens.reshape(1, -1).to(device_of(model)), return_type="logits")
-    if found:
-        _, name, layer, pos = min(found)
-        return name, layer, pos
-    r = _nonfinite_at(logits)
-    return None if r is None else ("logits", -1, r[1])
-
-
 def _nonfinite_error(model: Any, tokens: Tensor, label: str, what: str) -> ShiftlensError:
     """The error for a non-finite attribution: prompt and model (``label``), where the forward
     pass first turns non-finite (hook, layer, position) and which weights are non-finite."""
@@ -202,9 +144,8 @@ def _nonfinite_error(model: Any, tokens: Tensor, label: str, what: str) -> Shift
         where, msg = None, msg + f"; locating it failed ({type(e).__name__}: {e})"
     if where is not None:
         name, layer, pos = where
-        at = "the logits" if name == "logits" else (
-            f"{name} (layer {layer})" if layer >= 0 else f"{name} (the input embedding)")
-        msg += f"; the forward pass first becomes non-finite at {at}, position {pos}"
+        msg += (f"; the forward pass first becomes non-finite at {describe_site(name, layer)}, "
+                f"position {pos}")
     else:
         msg += "; the forward pass is finite, so the gradients overflowed"
     try:

@@ -7,7 +7,7 @@ is internal to :mod:`.compare` and :mod:`.patching`.
 Nothing silent: a NaN or infinity in an activation, logit or log-probability that a statistic
 would be computed from raises :func:`nonfinite_error` (a :class:`ShiftlensError`) naming the
 model, the prompt, the hook (layer) and the position, where the forward pass first turned
-non-finite (:func:`.core.locate_nonfinite`) and which weights, if any, hold non-finite values.
+non-finite (:func:`shiftlens.diagnose.locate_nonfinite`) and which weights, if any, hold non-finite values.
 No result of this lens is ever computed over silently dropped values.
 """
 
@@ -22,8 +22,8 @@ from torch import Tensor
 
 from shiftlens.bridge import check_finite_weights
 from shiftlens.checks import check_int, check_layers, check_prompts
+from shiftlens.diagnose import describe_site, locate_nonfinite, nonfinite_at
 from shiftlens.errors import ShiftlensError
-from shiftlens.lenses.residual.core import locate_nonfinite, nonfinite_at
 from shiftlens.prompts import InstructionPrompt, TokenizedPrompt
 
 __all__ = ["check_pair"]
@@ -173,8 +173,8 @@ def nonfinite_error(pair: Any, err: NonFinite) -> ShiftlensError:
             where, msg = None, msg + f"; locating it failed ({type(e).__name__}: {e})"
         if where is not None:
             name, layer, pos = where
-            at = "the logits" if name == "logits" else f"{name} (layer {layer})"
-            msg += f"; the forward pass first becomes non-finite at {at}, position {pos}"
+            msg += (f"; the forward pass first becomes non-finite at "
+                    f"{describe_site(name, layer)}, position {pos}")
     try:
         check_finite_weights(model, name=pair.names[err.role])
         msg += (f"; its weights are all finite, so an activation overflowed "

@@ -30,11 +30,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from jaxtyping import Bool, Float, Int, Shaped
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from shiftlens.bridge import device_of, model_name
 from shiftlens.checks import check_int, check_layers
+from shiftlens.diagnose import BLOCK_ORDER, locate_nonfinite, nonfinite_at  # noqa: F401 - re-exported
 from shiftlens.errors import ShiftlensError
 from shiftlens.prompts import SEGMENTS
 
@@ -104,74 +105,6 @@ def module_device(module: Any, default: torch.device) -> torch.device:
         if p.device.type != "meta":
             return p.device
     return default
-
-
-def nonfinite_at(x: Shaped[Tensor, "*dims"]) -> tuple[int, tuple[int, ...]] | None:
-    """``(number of NaN/infinite entries, index of the first)`` of ``x``, or None if all finite.
-
-    Example:
-        >>> nonfinite_at(torch.tensor([[1.0, 2.0], [float("nan"), float("inf")]]))
-        (2, (1, 0))
-        >>> nonfinite_at(torch.ones(3)) is None
-        True
-    """
-    if not (x.is_floating_point() or x.is_complex()) or x.numel() == 0:
-        return None
-    bad = ~torch.isfinite(x)
-    if not bool(bad.any()):
-        return None
-    first = torch.nonzero(bad)[0]
-    return int(bad.sum()), tuple(int(i) for i in first)
-
-
-#: The hooks of one block in the order a forward pass computes them.
-BLOCK_ORDER = ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post")
-
-
-def locate_nonfinite(
-    model: Any, tokens: Int[Tensor, " pos"]
-) -> tuple[str, int, int] | None:
-    """Where one forward pass first produces a NaN or an infinity.
-
-    Runs ``model`` on ``tokens`` and checks, in the order they are computed, every block's
-    ``hook_resid_pre``, ``hook_attn_out``, ``hook_resid_mid``, ``hook_mlp_out`` and
-    ``hook_resid_post`` (those the model has), then the logits. Nothing is stored: each hook
-    records only whether it saw a non-finite value.
-
-    Args:
-        model: A TransformerBridge.
-        tokens: One sequence ``[pos]``.
-
-    Returns:
-        ``(hook name or "logits", layer or -1, first position)``, or None when all are finite.
-
-    Example:
-        >>> locate_nonfinite(pair.tuned, tp.tokens)  # doctest: +SKIP
-        ('blocks.1.hook_mlp_out', 1, 0)
-    """
-    n_layers = int(model.cfg.n_layers)
-    names = [(f"blocks.{layer}.hook_{h}", layer) for layer in range(n_layers)
-             for h in BLOCK_ORDER]
-    names = [(n, layer) for n, layer in names if n in model.hook_dict]
-    found: list[tuple[int, str, int, int]] = []
-
-    def make(rank: int, name: str, layer: int) -> Callable[..., Tensor]:
-        def hook(act: Tensor, hook: Any = None) -> Tensor:
-            r = nonfinite_at(act[0]) if act.dim() > 1 else nonfinite_at(act)
-            if r is not None:
-                found.append((rank, name, layer, r[1][0]))
-            return act
-
-        return hook
-
-    with torch.no_grad(), model.hooks(fwd_hooks=[(n, make(k, n, layer))
-                                                 for k, (n, layer) in enumerate(names)]):
-        logits = model(tokens[None].to(device_of(model)), return_type="logits")
-    if found:
-        _, name, layer, pos = min(found)
-        return name, layer, pos
-    r = nonfinite_at(logits[0])
-    return None if r is None else ("logits", -1, r[1][0])
 
 
 # ====================================================================== tensors
