@@ -197,7 +197,9 @@ def test_load_bridge_and_model_pair_accept_gguf_files(tiny_gguf, tmp_path, monke
     tuned_hf = perturbed_copy(hf, tmp_path / "tuned-hf", scale=0.05, seed=7)
     tuned_g = write_llama_gguf(tuned_hf, tmp_path / "tuned.gguf")
     pair = ModelPair.from_pretrained(g, tuned_g)
-    assert pair.names == {"base": str(g), "tuned": str(tuned_g)}
+    # the display names are the files' names; where each model came from stays in full
+    assert pair.sources == {"base": str(g), "tuned": str(tuned_g)}
+    assert pair.names == {"base": g.name, "tuned": tuned_g.name}
     assert not pair.identical_weights()
 
 
