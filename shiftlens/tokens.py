@@ -53,18 +53,32 @@ def display_token(s: str) -> str:
     """A token string with invisible characters made visible (for axis labels and tables).
 
     Newlines, carriage returns and tabs become ``⏎``, ``␍``, ``⇥``; a token of spaces only
-    becomes ``␣`` per space; an empty string becomes ``∅``. Other text is unchanged (a leading
-    space stays a space, which reads naturally in running text).
+    becomes ``␣`` per space; an empty string becomes ``∅``. Any other character that does not
+    print (control characters such as NUL or ESC, format characters such as a zero-width
+    space, non-ASCII spaces) is escaped as Python writes it (``\\x00``, ``\\u200b``): fonts have
+    no glyph for them, so a label would otherwise be blank. Other text is unchanged (a leading
+    space stays a space, which reads naturally in running text). The result is printable, and
+    applying the function again leaves it as it is.
 
     Example:
         >>> [display_token(t) for t in [" cat", "\\n", "\\n\\n", "  ", ""]]
         [' cat', '⏎', '⏎⏎', '␣␣', '∅']
+        >>> print(display_token("\\x00"), display_token("a\\x1b[0m"), display_token("\\u200b"))
+        \\x00 a\\x1b[0m \\u200b
     """
     if s == "":
         return "∅"
     if s.strip(" ") == "":
         return "␣" * len(s)
-    return "".join(_VISIBLE.get(c, c) for c in s)
+    return "".join(_VISIBLE.get(c) or _escape(c) for c in s)
+
+
+def _escape(c: str) -> str:
+    """One character as it prints: itself, or its Python escape when it has no glyph."""
+    if c == " " or c.isprintable():
+        return c
+    o = ord(c)
+    return f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}"
 
 
 def display_tokens(tokenizer: Any, ids: Sequence[int] | Tensor) -> list[str]:

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from shiftlens.errors import ShiftlensError
 from shiftlens.prompts import SEGMENTS, InstructionPrompt, TokenizedPrompt
-from shiftlens.tokens import token_strings  # noqa: F401 - the one helper, re-exported
+from shiftlens.tokens import display_token, token_strings  # token_strings re-exported
 from shiftlens.viz.html import Visualization
 
 __all__ = ["attention_patterns", "token_strings", "token_rows", "importance_tokens", "concept_table"]
@@ -41,9 +41,10 @@ _SEGMENT_NOTE = (
 
 
 def _segments_html(tokens: Sequence[str], segments: Sequence[int]) -> str:
+    """The tokens underlined by segment, each shown by :func:`~shiftlens.tokens.display_token`."""
     spans = []
     for t, s in zip(tokens, segments):
-        shown = t.replace("\n", "\u21b5")
+        shown = display_token(t)
         spans.append(f'<span class="sl-tok sl-seg-{SEGMENTS[int(s)]}" '
                      f'title="{SEGMENTS[int(s)]}">{_html.escape(shown)}</span>')
     return '<div class="sl-segments">' + "".join(spans) + "</div>"
@@ -118,7 +119,8 @@ def attention_patterns(
 
     Returns:
         A :class:`Visualization`; ``data["patterns"][role][layer]`` is the ``[head, q, k]``
-        tensor shown and ``data["tokens"]`` the token strings.
+        tensor shown and ``data["tokens"]`` the token strings (the views label them with
+        :func:`~shiftlens.tokens.display_token`: a newline reads ``⏎``, a NUL ``\\x00``).
 
     Raises:
         ShiftlensError: a layer or head out of range, an empty response, too many tokens.
@@ -151,6 +153,7 @@ def attention_patterns(
             layer: acts[name][0][hsel].float().cpu() for layer, name in zip(sel, names)
         }
     tokens = token_strings(tok, tp.tokens)
+    shown = [display_token(t) for t in tokens]  # no blank or glyph-less label in the views
     vis = Visualization(f"Attention patterns, prompt {prompt.label}")
     vis.add_html(
         f'<div class="sl-muted">base: {_html.escape(pair.names["base"])} &middot; tuned: '
@@ -165,7 +168,7 @@ def attention_patterns(
         for role in ROLES:
             v = Visualization()
             v.add_component("AttentionHeads", {
-                "attention": patterns[role][layer], "tokens": tokens,
+                "attention": patterns[role][layer], "tokens": shown,
                 "attentionHeadNames": head_names, "maxValue": 1.0, "minValue": 0.0,
                 "maskUpperTri": True,
             })
@@ -175,7 +178,7 @@ def attention_patterns(
             m = float(d.abs().max()) or 1e-6
             v = Visualization()
             v.add_component("AttentionHeads", {
-                "attention": d, "tokens": tokens, "attentionHeadNames": head_names,
+                "attention": d, "tokens": shown, "attentionHeadNames": head_names,
                 "maxValue": m, "minValue": -m, "negativeColor": "blue", "positiveColor": "red",
                 "maskUpperTri": True,
             })
@@ -198,7 +201,7 @@ def token_rows(
     """Tokens coloured by values, one circuitsvis ``ColoredTokens`` row per named series.
 
     Args:
-        tokens: Token strings.
+        tokens: Token strings (shown through :func:`~shiftlens.tokens.display_token`).
         rows: ``{label: values}``, each with one value per token.
         diverging: Labels whose colour scale is symmetric around 0 (blue negative, red
             positive); the others are scaled from 0 to their maximum.
@@ -230,7 +233,7 @@ def token_rows(
         top = float(finite.abs().max()) if finite.numel() else 1.0
         top = top or 1.0
         # ColoredTokens writes each token as innerHTML: escape it, so "<bos>" shows as text
-        shown = [_html.escape(t, quote=False) for t in tokens]
+        shown = [_html.escape(display_token(t), quote=False) for t in tokens]
         props: dict[str, Any] = {"tokens": shown, "values": v, "maxValue": top}
         if label in diverging:
             props.update(minValue=-top, negativeColor="blue", positiveColor="red")

@@ -97,6 +97,20 @@ def test_token_rows_rejects_bad_lengths():
         token_rows(["a", "b"], {"x": [1.0, 2.0]}, segments=[0])
 
 
+def test_token_rows_show_invisible_tokens_visibly():
+    """Issue 15.5: a newline token is no blank label, a NUL or zero-width space no empty box."""
+    toks = ["<bos>", "\n", "a\x00", "\u200b", " ", ""]
+    vis = token_rows(toks, {"x": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]}, segments=[0, 1, 1, 2, 3, 3])
+    (_, props), = vis.components
+    # ColoredTokens gets HTML: escaped, with every character printable
+    assert props["tokens"] == ["&lt;bos&gt;", "\u23ce", "a\\x00", "\\u200b", "\u2423", "\u2205"]
+    page = vis._repr_html_()
+    spans = re.findall(r'<span class="sl-tok sl-seg-\w+" title="\w+">(.*?)</span>', page)
+    assert spans == ["&lt;bos&gt;", "\u23ce", "a\\x00", "\\u200b", "\u2423", "\u2205"]
+    assert "\x00" not in page and "\u200b" not in page
+    assert vis.data["tokens"] == toks  # the data keeps the token strings themselves
+
+
 def test_save_requires_html_suffix(tmp_path):
     vis = token_rows(["a"], {"x": [1.0]})
     with pytest.raises(ShiftlensError, match="html"):
@@ -155,6 +169,11 @@ def test_attention_patterns_match_an_independent_forward_pass(llama_pair):
     assert comps[2][1]["minValue"] == -comps[2][1]["maxValue"]
     assert len(vis.data["tokens"]) == len(tp.tokens)
     assert "".join(vis.data["tokens"][1:]).strip() == (PROMPT.text + PROMPT.reference).strip()
+    # the views label a newline token with a visible mark, never a blank
+    raw = vis.data["tokens"]
+    nl = [i for i, t in enumerate(raw) if "\n" in t]
+    assert nl and all("\n" not in t for _, p in comps for t in p["tokens"])
+    assert all("\u23ce" in comps[0][1]["tokens"][i] for i in nl)
 
 
 def test_attention_patterns_prompt_only_and_errors(llama_pair):
