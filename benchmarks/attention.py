@@ -6,7 +6,7 @@ only needs the word vectors E and each layer's norm-folded W_Q / W_K), and both
 implementations get the same tensors and the same bound relatedness filter (the paper's
 mean + 1.96 sd cosine rule on E, :func:`shiftlens.lenses.attention.filters.cosine_threshold`):
 
-- ``batched``: :func:`shiftlens.lenses.attention.core.qk_word_pairs`, one matmul per layer for all
+- ``batched``: :func:`shiftlens.lenses.attention.qk.qk_word_pairs`, one matmul per layer for all
   heads' Q and K, energy ranking / top-K / same-sign rule batched over heads and dimensions,
   one filter call per layer.
 - ``per_head``: a straightforward loop (the reference): per head, Q = E W_Q[h] and

@@ -51,9 +51,12 @@ def main() -> None:
     for name, model in models.items():
         ps = prompts if model is pair.tuned else toks_big
         for n in lengths:
-            t_nc = _time(lambda: [G.argmax_loop(model, p, n, stop_ids=[]) for p in ps], repeat)
-            t_cv = _time(lambda: G.greedy_batch(model, ps, n, stop_ids=[], batch_size=1), repeat)
-            t_cu = _time(lambda: [G._cached_rows(model, [p], n, frozenset()) for p in ps], repeat)
+            t_nc = _time(lambda m=model, n=n, ps=ps: [G.argmax_loop(m, p, n, stop_ids=[]) for p in ps],
+                         repeat)
+            t_cv = _time(lambda m=model, n=n, ps=ps: G.greedy_batch(m, ps, n, stop_ids=[], batch_size=1),
+                         repeat)
+            t_cu = _time(lambda m=model, n=n, ps=ps: [G._cached_rows(m, [p], n, frozenset()) for p in ps],
+                         repeat)
             for method, t in (("cached_verified", t_cv), ("cached_unverified", t_cu),
                               ("no_cache", t_nc)):
                 print(json.dumps({

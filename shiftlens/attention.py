@@ -16,19 +16,10 @@ from shiftlens.lenses.attention.compare import (
 )
 from shiftlens.lenses.attention.core import (
     QUERIES,
-    LayerPairs,
     SegmentAttention,
     general_verbs,
     instruction_verbs,
-    layer_word_pairs,
-    model_word_pairs,
-    pair_word_counts,
-    project_vocab,
-    qk_word_pairs,
     segment_attention,
-    word_embeddings,
-    word_pairs,
-    word_pairs_layer,
 )
 from shiftlens.lenses.attention.filters import (
     BoundFilter,
@@ -43,6 +34,17 @@ from shiftlens.lenses.attention.filters import (
     resolve_filter,
 )
 from shiftlens.lenses.attention.plots import head_delta_figure, verb_shift_figure
+from shiftlens.lenses.attention.qk import (
+    LayerPairs,
+    layer_word_pairs,
+    model_word_pairs,
+    pair_word_counts,
+    project_vocab,
+    qk_word_pairs,
+    word_embeddings,
+    word_pairs,
+    word_pairs_layer,
+)
 from shiftlens.lenses.attention.results import ROLES, InstructionAttentionResult, VerbShiftResult
 from shiftlens.lenses.attention.scores import qk_score, qk_scores, top_pairs
 

@@ -14,7 +14,7 @@ MODULES = [
     "shiftlens.result", "shiftlens.cliargs", "shiftlens.viz.style", "shiftlens.lenses.registry",
     "shiftlens.lenses.residual", "shiftlens.lenses.residual.core", "shiftlens.residual",
     "shiftlens.bridge", "shiftlens.weightfiles", "shiftlens.tokens", "shiftlens.diagnose",
-    "shiftlens.lenses.attention.core", "shiftlens.lenses.attention.filters",
+    "shiftlens.lenses.attention.core", "shiftlens.lenses.attention.qk", "shiftlens.lenses.attention.filters",
     "shiftlens.lenses.attention.scores", "shiftlens.lenses.attention.compare",
 ]
 

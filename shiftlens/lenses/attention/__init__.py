@@ -3,9 +3,10 @@ weights encode? (Wu et al. 2024, §4).
 
 Registered as ``"attention"``. The package's modules:
 
-- :mod:`~shiftlens.lenses.attention.core` - one model: :func:`segment_attention`,
-  :func:`qk_word_pairs` (tensors), :func:`word_pairs` (a model), :func:`pair_word_counts`,
-  the verb lexicons;
+- :mod:`~shiftlens.lenses.attention.core` - one model: :func:`segment_attention`, the
+  argument checks, the verb lexicons;
+- :mod:`~shiftlens.lenses.attention.qk` - one model's QK circuits: :func:`qk_word_pairs`
+  (tensors), :func:`word_pairs` (a model), :func:`pair_word_counts`;
 - :mod:`~shiftlens.lenses.attention.scores` - one model: the full bilinear QK score of word
   pairs, :func:`qk_scores` / :func:`qk_score`, and each head's :func:`top_pairs` by it;
 - :mod:`~shiftlens.lenses.attention.filters` - the relatedness filters of the word pairs;
@@ -49,10 +50,11 @@ SPEC = register_lens(LensSpec(
 
 #: Where each public name lives (loaded on first use).
 _API: dict[str, str] = {
-    **dict.fromkeys(("QUERIES", "SegmentAttention", "segment_attention", "word_embeddings",
-                     "LayerPairs", "project_vocab", "qk_word_pairs", "layer_word_pairs",
-                     "word_pairs", "word_pairs_layer", "model_word_pairs", "pair_word_counts",
-                     "instruction_verbs", "general_verbs"), "core"),
+    **dict.fromkeys(("QUERIES", "SegmentAttention", "segment_attention", "instruction_verbs",
+                     "general_verbs"), "core"),
+    **dict.fromkeys(("word_embeddings", "LayerPairs", "project_vocab", "qk_word_pairs",
+                     "layer_word_pairs", "word_pairs", "word_pairs_layer", "model_word_pairs",
+                     "pair_word_counts"), "qk"),
     **dict.fromkeys(("qk_scores", "qk_score", "top_pairs"), "scores"),
     **dict.fromkeys(("PairFilter", "BoundFilter", "CosineThreshold", "cosine_threshold",
                      "EmbeddingFilter", "VectorFilter", "FilterSpec", "resolve_filter",

@@ -40,10 +40,7 @@ from shiftlens.errors import ShiftlensError, ShiftlensWarning
 from shiftlens.lenses.attention.core import (
     DEFAULT_WORDS,
     QUERIES,
-    _check_sizes,
-    _layer_weights,
     check_device,
-    check_finite_words,
     check_flag,
     check_pair,
     check_words,
@@ -51,13 +48,18 @@ from shiftlens.lenses.attention.core import (
     instruction_verbs,
     nonfinite_cells,
     nonfinite_message,
+    segment_attention,
+)
+from shiftlens.lenses.attention.filters import FilterSpec, bind_filter, filter_reason
+from shiftlens.lenses.attention.qk import (
+    _check_sizes,
+    _layer_weights,
+    check_finite_words,
     pair_word_counts,
     scope,
-    segment_attention,
     word_embeddings,
     word_pairs,
 )
-from shiftlens.lenses.attention.filters import FilterSpec, bind_filter, filter_reason
 from shiftlens.lenses.attention.results import ROLES, InstructionAttentionResult, VerbShiftResult
 from shiftlens.lenses.attention.scores import (
     allowed_fn,
@@ -457,8 +459,8 @@ def verb_shift(
     """Table 3 of Wu et al. (2024, §4): do heads gain word pairs with instruction verbs?
 
     For each head, each verb's number of word pairs
-    (:func:`~shiftlens.lenses.attention.core.word_pairs`,
-    :func:`~shiftlens.lenses.attention.core.pair_word_counts`) in base and in tuned; per layer
+    (:func:`~shiftlens.lenses.attention.qk.word_pairs`,
+    :func:`~shiftlens.lenses.attention.qk.pair_word_counts`) in base and in tuned; per layer
     group (the paper's lower/middle/upper thirds, :func:`shiftlens.stats.layer_groups`) and
     verb, the fraction of heads where the count rose among heads where it changed (ties
     ignored); then per group a Welch t-test between the fractions of the instruction verbs and
@@ -479,8 +481,8 @@ def verb_shift(
         n_words: Size of the default vocabulary.
         layers: Layers to analyse (default all).
         top_dims, top_k, filter, exclude_self, device: As in
-            :func:`~shiftlens.lenses.attention.core.word_pairs`.
-        min_dims: See :func:`~shiftlens.lenses.attention.core.pair_word_counts`.
+            :func:`~shiftlens.lenses.attention.qk.word_pairs`.
+        min_dims: See :func:`~shiftlens.lenses.attention.qk.pair_word_counts`.
         group_names: Layer-group names (their number sets the number of groups).
         alternative: Alternative of the Welch tests (instruction vs general).
         seed: Bootstrap seed of the tests (recorded).

@@ -58,7 +58,7 @@ class BoundFilter(Protocol):
 
     Called with word indices into the vocabulary; returns a boolean mask. May also define
     ``block(q_words[..., a], k_words[..., b]) -> bool[..., a, b]`` (every combination of two
-    word lists at once; :func:`~shiftlens.lenses.attention.core.qk_word_pairs` uses it when
+    word lists at once; :func:`~shiftlens.lenses.attention.qk.qk_word_pairs` uses it when
     present, which avoids gathering one vector pair per candidate), ``similarity(q_word,
     k_word)`` (reported in the pair tables) and ``to(device)``.
 

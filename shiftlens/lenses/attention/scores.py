@@ -1,12 +1,12 @@
 """Lens 2, one model: the full bilinear QK score of word pairs, and each head's top pairs by it.
 
-:func:`~shiftlens.lenses.attention.core.word_pairs` reads a head one d_head dimension at a time
+:func:`~shiftlens.lenses.attention.qk.word_pairs` reads a head one d_head dimension at a time
 (the paper's reading, Wu et al. 2024, §4). What the head adds to the attention logit of a query
 word *a* on a key word *b* is the sum over all its dimensions, the full bilinear score
 
     score(a, b) = x_a^T W_Q[h] W_K[h]^T x_b = sum_d Q[a, d] K[b, d],
 
-with ``x`` the word vectors of :func:`~shiftlens.lenses.attention.core.word_embeddings` (mean of
+with ``x`` the word vectors of :func:`~shiftlens.lenses.attention.qk.word_embeddings` (mean of
 the word's token input embeddings, centred for LayerNorm models) and ``W_Q``, ``W_K`` the
 norm-folded weights of :func:`shiftlens.weights.qk_weights` (grouped-query key heads shared),
 exactly the folding the word-pair functions use. Like them it is the bilinear term only: no
@@ -39,16 +39,18 @@ from shiftlens.bridge import model_name
 from shiftlens.checks import check_int, check_vocab
 from shiftlens.errors import ShiftlensError
 from shiftlens.lenses.attention.core import (
-    _layer_weights,
     check_device,
-    check_finite_words,
     check_flag,
     check_model,
     check_words,
+)
+from shiftlens.lenses.attention.filters import FilterSpec, bind_filter, filter_reason
+from shiftlens.lenses.attention.qk import (
+    _layer_weights,
+    check_finite_words,
     scope,
     word_embeddings,
 )
-from shiftlens.lenses.attention.filters import FilterSpec, bind_filter, filter_reason
 from shiftlens.weights import WordVocab
 
 __all__ = ["qk_scores", "qk_score", "top_pairs"]
@@ -341,7 +343,7 @@ def top_pairs(
 
     Every (query word, key word) pair of the vocabulary is scored,
     ``score = x_a^T W_Q[h] W_K[h]^T x_b`` (all d_head dimensions at once, unlike
-    :func:`~shiftlens.lenses.attention.core.word_pairs`), in chunks of query words; a
+    :func:`~shiftlens.lenses.attention.qk.word_pairs`), in chunks of query words; a
     pair of a word with itself is left out with ``exclude_self`` and a pair the relatedness
     filter rejects is never kept. How many of the head's ``k`` highest-scoring pairs the filter
     removed is reported per head (``attrs["funnel"]``) and in one sentence
@@ -354,7 +356,7 @@ def top_pairs(
         vocab: Word vocabulary (default :func:`shiftlens.vocab.default_vocab`, 5,000 words).
         k: Pairs per head.
         filter, bound_filter, exclude_self, fold_norm, device, progress: As in
-            :func:`~shiftlens.lenses.attention.core.word_pairs`.
+            :func:`~shiftlens.lenses.attention.qk.word_pairs`.
 
     Returns:
         Columns ``layer, head, rank, q_word, k_word, score, similarity, q_index, k_index``,
@@ -364,7 +366,7 @@ def top_pairs(
         ``filter_reason``, ``filter_note``.
 
     Raises:
-        ShiftlensError: as :func:`~shiftlens.lenses.attention.core.word_pairs`, and a bad
+        ShiftlensError: as :func:`~shiftlens.lenses.attention.qk.word_pairs`, and a bad
             ``k``.
 
     Example:
