@@ -70,7 +70,9 @@ def test_no_import_cycles_through_bridge_pair_capture_checkpoints():
     src = ROOT / "shiftlens"
     bridge = _imports(src / "bridge.py")
     assert not bridge & {"shiftlens.pair", "shiftlens.capture", "shiftlens.weights"}, bridge
-    assert bridge <= {"shiftlens.errors", "shiftlens.weightfiles", "shiftlens.checkpoints"}
+    assert bridge <= {"shiftlens.errors", "shiftlens.weightfiles", "shiftlens.checkpoints",
+                      "shiftlens.devicemap"}
+    assert _imports(src / "devicemap.py") <= {"shiftlens.errors"}
     ck = _imports(src / "checkpoints.py")
     assert not ck & {"shiftlens.pair", "shiftlens.bridge", "shiftlens.capture"}, ck
     assert _imports(src / "weightfiles.py") <= {"shiftlens.errors"}
