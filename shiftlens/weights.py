@@ -20,8 +20,6 @@ the norms), nothing is folded again. Grouped-query K heads are expanded to their
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -33,6 +31,7 @@ from torch import Tensor
 from shiftlens.bridge import empty_model, materialized
 from shiftlens.bridge import model_name as _name
 from shiftlens.errors import ShiftlensError
+from shiftlens.vocab import WordVocab, word_matrix  # noqa: F401 - re-exported
 from shiftlens.weightfiles import SafetensorsCheckpoint
 
 __all__ = [
@@ -733,113 +732,3 @@ def weight_source(model: Any, *, dtype: torch.dtype = torch.float32) -> WeightSo
         f"cannot read weights from a {type(model).__name__}: give a TransformerBridge, a "
         "checkpoint directory or a WeightSource"
     )
-
-
-@dataclass
-class WordVocab:
-    """A word vocabulary mapped to token ids (a word = the mean of its tokens' vectors).
-
-    Attributes:
-        words: The kept words.
-        token_ids: For each kept word, its token ids (the variant with fewest tokens among
-            ``word`` and ``" word"``; ties go to the leading-space variant, the form words take
-            inside running text).
-        skipped: Words the tokenizer cannot encode (unknown token, empty, or more than
-            ``max_tokens`` tokens).
-
-    Example:
-        >>> v = WordVocab.build(tokenizer, ["cat", "dog"])  # doctest: +SKIP
-        >>> v.words  # doctest: +SKIP
-        ['cat', 'dog']
-    """
-
-    words: list[str]
-    token_ids: list[list[int]]
-    skipped: list[str] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.words)
-
-    @classmethod
-    def build(
-        cls, tokenizer: Any, words: Iterable[str], *, max_tokens: int | None = 4
-    ) -> WordVocab:
-        """Encode words with the tokenizer; unencodable words are skipped and listed.
-
-        Args:
-            tokenizer: A Hugging Face tokenizer.
-            words: Candidate words (duplicates removed, order kept).
-            max_tokens: Skip words needing more tokens than this (None: no limit).
-
-        Raises:
-            ShiftlensError: no word could be encoded (or the list is empty).
-
-        Example:
-            >>> WordVocab.build(tokenizer, ["cat"]).token_ids  # doctest: +SKIP
-            [[412]]
-        """
-        unk = getattr(tokenizer, "unk_token_id", None)
-        kept, ids, skipped = [], [], []
-        seen = set()
-        for w in words:
-            w = w.strip()
-            if not w or w in seen:
-                continue
-            seen.add(w)
-            best = None
-            for variant in (" " + w, w):
-                t = tokenizer(variant, add_special_tokens=False)["input_ids"]
-                t = [int(x) for x in t]
-                if not t or (unk is not None and unk in t):
-                    continue
-                if best is None or len(t) < len(best):
-                    best = t
-            if best is None or (max_tokens is not None and len(best) > max_tokens):
-                skipped.append(w)
-                continue
-            kept.append(w)
-            ids.append(best)
-        if not kept:
-            raise ShiftlensError(
-                "empty vocabulary: no word could be encoded"
-                + (f" (skipped {len(skipped)})" if skipped else "")
-            )
-        return cls(kept, ids, skipped)
-
-    def averaging_matrix(self, d_vocab: int) -> Tensor:
-        """Sparse ``[n_words, d_vocab]`` matrix whose row w averages word w's tokens."""
-        rows, cols, vals = [], [], []
-        for i, t in enumerate(self.token_ids):
-            for tok in t:
-                if tok >= d_vocab:
-                    raise ShiftlensError(
-                        f"word {self.words[i]!r}: token id {tok} >= d_vocab {d_vocab}"
-                    )
-                rows.append(i)
-                cols.append(tok)
-                vals.append(1.0 / len(t))
-        idx = torch.tensor([rows, cols], dtype=torch.long)
-        return torch.sparse_coo_tensor(
-            idx, torch.tensor(vals), (len(self), d_vocab), check_invariants=True
-        ).coalesce()
-
-    def subset(self, words: Sequence[str]) -> WordVocab:
-        """The entries for ``words`` that are in this vocabulary (in the given order)."""
-        pos = {w: i for i, w in enumerate(self.words)}
-        keep = [w for w in words if w in pos]
-        return WordVocab(keep, [self.token_ids[pos[w]] for w in keep], [])
-
-
-def word_matrix(
-    W: Float[Tensor, "d_vocab d"], vocab: WordVocab
-) -> Float[Tensor, "n_words d"]:
-    """Word vectors as the mean of their tokens' rows of ``W`` (one sparse matmul).
-
-    Use ``W = embedding(model)`` for input embeddings or ``unembedding(model).T`` for
-    unembedding columns.
-
-    Example:
-        >>> E = word_matrix(embedding(pair.base), vocab)  # doctest: +SKIP
-    """
-    A = vocab.averaging_matrix(W.shape[0]).to(W.dtype)
-    return torch.sparse.mm(A, W)
