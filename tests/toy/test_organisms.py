@@ -209,6 +209,19 @@ def test_shipped_files_size_and_manifest(record):
         assert record["organisms"][n]["training"]["cpu_s"] < 5 * 60, n
 
 
+def test_shipped_files_are_package_data():
+    """pyproject's package-data globs (relative to shiftlens/, ``*`` not crossing ``/``, as
+    setuptools expands them) cover every shipped organism file: a wheel would carry them."""
+    tomllib = pytest.importorskip("tomllib")
+    root = Path(__file__).resolve().parents[2]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["shiftlens"]
+    pkg = root / "shiftlens"
+    covered = {p.resolve() for g in globs for p in pkg.glob(g) if p.is_file()}
+    shipped = {p.resolve() for p in ORGANISMS_DIR.iterdir()}
+    assert shipped and shipped <= covered, sorted(p.name for p in shipped - covered)
+
+
 def test_organism_dir_builds_once_and_verifies(private_cache):
     from safetensors.torch import load_file
 

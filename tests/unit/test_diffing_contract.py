@@ -95,3 +95,49 @@ def test_cli_commands_parse():
                  ["amplify", "toy:base", "toy:tuned", "the cat", "--alphas", "0,2"]):
         args = p.parse_args(argv)
         assert args.handler.startswith("shiftlens.lenses.")
+
+
+def _script(name):
+    """A benchmark script as a module (benchmarks/ is not a package)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_docs_diffing_table_is_the_scripts_output():
+    """docs/diffing.md's methods x organisms table is exactly what benchmarks/diffing_table.py
+    writes from its JSON (no number typed by hand; tests/toy/test_diffing_organisms.py recomputes
+    every cell's score from the top-20 token ids the JSON records)."""
+    import json
+
+    mod = _script("diffing_table")
+    table = json.loads((mod.ROOT / "benchmarks/results/diffing_table.json").read_text())
+    md = mod.markdown(table)
+    block = f"{mod.START}\n{md}\n\n{mod._footer(table)}\n{mod.END}"
+    assert block in (mod.ROOT / "docs/diffing.md").read_text(encoding="utf-8")
+    assert (mod.ROOT / "benchmarks/results/diffing_table.md").read_text() == md + "\n"
+    assert table["k"] == 20 and len(table["pairs"]) == 5
+    scored = {c["method"] for c in table["cells"] if "score" in c}
+    assert {"DiffMining", "Amplification", "reference"} <= scored
+
+
+def test_docs_adl_cost_is_the_scripts_output():
+    """The cost table of docs/diffing.md is benchmarks/activation_difference.py's markdown of its
+    JSON; each ratio is the CPU time over its unit's."""
+    import json
+
+    mod = _script("activation_difference")
+    rows = json.loads(mod.OUT.read_text())["measurements"]
+    block = f"{mod.START}\n{mod.markdown(rows)}\n{mod.END}"
+    assert block in (mod.ROOT / "docs/diffing.md").read_text(encoding="utf-8")
+    by = {r["method"]: r for r in rows}
+    for name in mod.WHAT:
+        unit = by["forward" if by[name]["unit"] == "forward" else "greedy"]["cpu_s"]
+        assert by[name]["ratio"] == pytest.approx(by[name]["cpu_s"] / unit, rel=0.02, abs=0.01)

@@ -72,7 +72,12 @@ def _texts(args: argparse.Namespace) -> list[str]:
 
 
 def run_adl(args: argparse.Namespace) -> int:
-    """``shiftlens adl``: print both rankings and their sentences; save with ``--out``."""
+    """``shiftlens adl``: print both rankings and their sentences; save with ``--out``.
+
+    Example:
+        >>> from shiftlens.cli import main  # doctest: +SKIP
+        >>> main(["adl", "toy:base", "organism:topic", "--positions", "3"])  # doctest: +SKIP
+    """
     from shiftlens.lenses.activation_difference.compare import activation_difference
     from shiftlens.lenses.activation_difference.mining import diff_mining
     from shiftlens.pair import ModelPair

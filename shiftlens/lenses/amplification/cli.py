@@ -41,7 +41,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def run_amplify(args: argparse.Namespace) -> int:
-    """``shiftlens amplify``: one line per (prompt, a)."""
+    """``shiftlens amplify``: one line per (prompt, a).
+
+    Example:
+        >>> from shiftlens.cli import main  # doctest: +SKIP
+        >>> main(["amplify", "toy:base", "organism:topic", "the cat sleeps."])  # doctest: +SKIP
+    """
     from shiftlens.lenses.amplification.compare import amplification
     from shiftlens.pair import ModelPair
 

@@ -43,7 +43,12 @@ def _ref(ref: str) -> str:
 
 
 def run_weight_delta(args: argparse.Namespace) -> int:
-    """``shiftlens weight-delta``: the largest changes, then each ranking's tokens."""
+    """``shiftlens weight-delta``: the largest changes, then each ranking's tokens.
+
+    Example:
+        >>> from shiftlens.cli import main  # doctest: +SKIP
+        >>> main(["weight-delta", "toy:base", "organism:topic"])  # doctest: +SKIP
+    """
     from shiftlens.lenses.weight_delta.compare import weight_delta
     from shiftlens.lenses.weight_delta.results import SOURCES
     from shiftlens.tokens import display_token

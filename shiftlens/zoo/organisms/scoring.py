@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
@@ -104,14 +105,15 @@ def instruct_token_strings() -> list[str]:
     tuning changed from never to routinely. It is the organisms' notion of a known token (a token
     whose use the fine-tuning changed) computed from the training data rather than written by
     hand; the tuned pair's broader change (following seven instructions) has no token set.
-    Computed once per process (a few seconds: the draw is re-made and tokenized).
+    Computed once per process (seconds: the draw is re-made and its distinct pre-tokens
+    tokenized).
 
     Returns:
         Token texts, most frequent in the instruction data first (ties by token id).
 
     Example:
-        >>> toks = instruct_token_strings()
-        >>> len(toks), toks[:3]
+        >>> toks = instruct_token_strings()  # doctest: +SKIP
+        >>> len(toks), toks[:3]  # doctest: +SKIP
         (43, [':', '\\n', '<eos>'])
     """
     return list(_instruct_texts())
@@ -119,8 +121,6 @@ def instruct_token_strings() -> list[str]:
 
 @lru_cache(maxsize=1)
 def _instruct_texts() -> tuple[str, ...]:
-    from collections import Counter
-
     from shiftlens.zoo import grammar
     from shiftlens.zoo.train import TrainConfig
 
@@ -129,16 +129,33 @@ def _instruct_texts() -> tuple[str, ...]:
     sentences = grammar.corpus_sentences(cfg.n_sentences, rng)
     examples = [grammar.make_example(task, rng, held_out=False) for task in grammar.TASK_NAMES
                 for _ in range(cfg.examples_per_task)]
-    corpus: set[int] = {tok.bos_token_id}
-    for ids in tok([" " + s for s in sentences] + sentences, add_special_tokens=False).input_ids:
-        corpus.update(ids)
-    counts: Counter[int] = Counter()
-    prompts = tok([e.prompt for e in examples]).input_ids
-    responses = tok([e.response for e in examples], add_special_tokens=False).input_ids
-    for p, r in zip(prompts, responses):
-        counts.update(p + r + [tok.eos_token_id])
+    corpus = set(_token_counts(tok, [" " + s for s in sentences] + sentences))
+    corpus.add(tok.bos_token_id)
+    counts = _token_counts(tok, [e.prompt for e in examples] + [e.response for e in examples])
+    counts[tok.bos_token_id] += len(examples)  # each prompt starts with <bos>, each ends <eos>
+    counts[tok.eos_token_id] += len(examples)
     new = sorted((i for i in counts if i not in corpus), key=lambda i: (-counts[i], i))
     return tuple(tok.decode([i]) for i in new)
+
+
+def _token_counts(tok: Any, texts: Sequence[str]) -> Counter[int]:
+    """Token counts of ``texts`` (no special tokens), tokenized once per distinct pre-token.
+
+    A byte-level BPE never merges across the pre-tokenizer's pieces, so a text's tokens are the
+    concatenation of its pieces' tokens: counting pieces and tokenizing each distinct piece once
+    gives the counts of tokenizing every text (hundreds of pieces instead of ~10^5 texts).
+    """
+    pre = tok.backend_tokenizer.pre_tokenizer
+    pieces: Counter[str] = Counter()
+    for t in texts:
+        for _, (a, b) in pre.pre_tokenize_str(t):
+            pieces[t[a:b]] += 1
+    names = list(pieces)
+    out: Counter[int] = Counter()
+    for name, ids in zip(names, tok(names, add_special_tokens=False).input_ids):
+        for i in ids:
+            out[i] += pieces[name]
+    return out
 
 
 def known_tokens(name: str | None = None) -> list[int]:
