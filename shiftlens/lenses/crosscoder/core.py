@@ -263,6 +263,15 @@ class Crosscoder(torch.nn.Module):
         self.d_model = check_int("d_model", d_model, minimum=1)
         self.n_latents = check_int("n_latents", n_latents, minimum=1)
         self.k = check_int("k", k, minimum=1, maximum=n_latents)
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ShiftlensError(f"the crosscoder's dtype must be a torch floating dtype "
+                                 f"(float32, bfloat16, ...), got {dtype!r}")
+        try:
+            device = torch.device(device)
+            torch.empty(0, device=device)
+        except (RuntimeError, TypeError, ValueError, AssertionError) as e:
+            raise ShiftlensError(f"the crosscoder's device {str(device)!r} is not usable here "
+                                 f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from e
         kw: dict[str, Any] = dict(device=device, dtype=dtype)
         self.W_enc = torch.nn.Parameter(torch.zeros(2, d_model, n_latents, **kw))
         self.b_enc = torch.nn.Parameter(torch.zeros(n_latents, **kw))

@@ -299,6 +299,10 @@ def train_crosscoder(
     if source.batches_per_epoch(cfg.batch_size) < 1:
         raise ShiftlensError(f"the activations have {source.n_rows} rows, fewer than one batch "
                              f"of {cfg.batch_size}")
+    if stop_at is not None:
+        from shiftlens.checks import check_int
+
+        check_int("stop_at", stop_at, minimum=1)
     end = cfg.steps if stop_at is None else min(cfg.steps, int(stop_at))
     out = Path(out_dir) if out_dir is not None else None
     fingerprint = source.fingerprint
