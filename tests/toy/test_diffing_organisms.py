@@ -171,3 +171,20 @@ def test_table_cells_are_the_organism_scores_of_their_tokens():
     for c in cells:
         assert len(c["top_ids"]) <= 20
         assert c["score"] == pytest.approx(organism_score(c["top_ids"], c["pair"]), abs=1e-4), c
+
+
+@pytest.mark.slow
+def test_residual_output_shift(pairs, texts):
+    """The existing KL lens (residual lens's per-token KL(tuned || base), read as a ranking of the
+    tokens among each position's top contributions) on the same texts, as the table reads it."""
+    from shiftlens import InstructionPrompt
+    from shiftlens.lenses.residual.compare import output_shift
+
+    prompts = [InstructionPrompt(t, id=f"#{i}") for i, t in enumerate(texts)]
+
+    def rank(n):
+        res = output_shift(pairs[n], prompts, with_reference=False, seed=0, progress=False)
+        return [int(t) for t in res.top_tokens.token_id[:20]]
+
+    s = _scores(rank)
+    assert all(s[o] >= PASS for o in ORGS) and s[CONTROL] <= SILENT, s
