@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from shiftlens.errors import ShiftlensError
@@ -75,7 +75,7 @@ class AmplificationResult(Result):
             raise ShiftlensError(f"no responses at alpha {alpha}; alphas: {self.alphas}")
         return g.sort_values("prompt_index").response.tolist()
 
-    def token_scores(self) -> Tensor:
+    def token_scores(self) -> Float[Tensor, " d_vocab"]:
         """Per token: ``log`` of its smoothed frequency in the responses at the largest ``a``
         over that at the smallest (add-one smoothing over the vocabulary).
 
