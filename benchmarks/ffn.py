@@ -16,7 +16,7 @@ One JSON line per measurement, with ratios against the reference measured in the
   measured on ``--naive-layers`` layers and scaled per layer (it is the slow part).
 * ``report_cache``: what the report runs, ``concept_shift`` (k) then ``rotation`` (64), on a
   pair of in-memory weight sources of this size over ``--cache-layers`` layers, with one shared
-  :class:`~shiftlens.lenses.ffn.core.ComponentCache` against without (each layer's PCA computed
+  :class:`~shiftlens.lenses.ffn.subspaces.ComponentCache` against without (each layer's PCA computed
   twice); the results are checked equal. The annotator is a constant one, so the time is the
   lens's own.
 
@@ -38,13 +38,8 @@ import torch
 
 from shiftlens.lenses.ffn.annotators import Annotation
 from shiftlens.lenses.ffn.compare import concept_shift, rotation
-from shiftlens.lenses.ffn.core import (
-    ComponentCache,
-    normalized_word_vectors,
-    pca,
-    principal_angles,
-    top_words,
-)
+from shiftlens.lenses.ffn.core import normalized_word_vectors, pca, top_words
+from shiftlens.lenses.ffn.subspaces import ComponentCache, principal_angles
 from shiftlens.weights import WordVocab
 
 

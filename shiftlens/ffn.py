@@ -30,14 +30,11 @@ from shiftlens.lenses.ffn.core import (
     METHODS,
     TASKS,
     USER_TASKS,
-    ComponentCache,
     Components,
     ConceptWords,
     concept_words,
-    explained_share,
     normalized_word_vectors,
     pca,
-    principal_angles,
     principal_components,
     top_words,
     word_directions,
@@ -49,6 +46,11 @@ from shiftlens.lenses.ffn.results import (
     ConceptShiftResult,
     Rotation,
     RotationResult,
+)
+from shiftlens.lenses.ffn.subspaces import (
+    ComponentCache,
+    explained_share,
+    principal_angles,
 )
 
 __all__ = [

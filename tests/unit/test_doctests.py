@@ -12,7 +12,7 @@ MODULES = [
     "shiftlens.io", "shiftlens.vocab", "shiftlens.checkpoints", "shiftlens.formats",
     "shiftlens.wu2024", "shiftlens.checks", "shiftlens.generate", "shiftlens.instrument",
     "shiftlens.result", "shiftlens.cliargs", "shiftlens.viz.style", "shiftlens.lenses.registry",
-    "shiftlens.lenses.residual", "shiftlens.lenses.residual.core", "shiftlens.residual",
+    "shiftlens.lenses.residual", "shiftlens.lenses.residual.core", "shiftlens.lenses.ffn.subspaces", "shiftlens.residual",
     "shiftlens.bridge", "shiftlens.devicemap", "shiftlens.weightfiles", "shiftlens.tokens", "shiftlens.diagnose",
     "shiftlens.lenses.attention.core", "shiftlens.lenses.attention.qk", "shiftlens.lenses.attention.filters",
     "shiftlens.lenses.attention.scores", "shiftlens.lenses.attention.compare",

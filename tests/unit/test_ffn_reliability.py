@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from shiftlens import ModelPair, ShiftlensError, ffn
-from shiftlens.lenses.ffn.core import ComponentCache
+from shiftlens.lenses.ffn.subspaces import ComponentCache
 from shiftlens.vocab import default_vocab
 from shiftlens.weights import WordVocab
 

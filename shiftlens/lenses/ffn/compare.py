@@ -49,18 +49,15 @@ from shiftlens.lenses.ffn.core import (
     LEVELS,
     METHODS,
     TASKS,
-    ComponentCache,
     Components,
     Method,
     as_model,
     check_bool,
     check_k,
     compute_device,
-    explained_share,
     join_scores,
     join_words,
     model_vocab,
-    principal_angles,
     rank_bound,
     read_w_out,
 )
@@ -73,6 +70,11 @@ from shiftlens.lenses.ffn.results import (
     MOVED_COLUMNS,
     ConceptShiftResult,
     RotationResult,
+)
+from shiftlens.lenses.ffn.subspaces import (
+    ComponentCache,
+    explained_share,
+    principal_angles,
 )
 from shiftlens.result import make_meta
 from shiftlens.stats import layer_groups
@@ -296,7 +298,7 @@ def concept_shift(
         alternative: The share tests' alternative (recorded in ``params``): ``"two-sided"``
             (default), ``"greater"`` (tuned > base) or ``"less"``; sentences name it.
         progress: Show a progress bar.
-        cache: A :class:`~shiftlens.lenses.ffn.core.ComponentCache` to share components and
+        cache: A :class:`~shiftlens.lenses.ffn.subspaces.ComponentCache` to share components and
             word directions with other calls (e.g. :func:`rotation` on the same pair).
 
     Returns:
@@ -460,9 +462,9 @@ def rotation(
     """Rotation of each layer's W_out principal subspace from base to tuned, as numbers.
 
     Per layer: principal angles between the base and tuned top-k component subspaces
-    (:func:`~shiftlens.lenses.ffn.core.principal_angles`), overlap = mean cos^2, the share of
+    (:func:`~shiftlens.lenses.ffn.subspaces.principal_angles`), overlap = mean cos^2, the share of
     the tuned W_out variance explained by the base components next to its upper bound, the
-    tuned components' own share (:func:`~shiftlens.lenses.ffn.core.explained_share`, float64),
+    tuned components' own share (:func:`~shiftlens.lenses.ffn.subspaces.explained_share`, float64),
     and the components that moved most with their words before and after.
 
     Args:
@@ -478,7 +480,7 @@ def rotation(
         device: Where to compute (default: the base model's device).
         seed: Seed of the randomized solver and the bootstrap (an integer >= 0).
         progress: Show a progress bar.
-        cache: A :class:`~shiftlens.lenses.ffn.core.ComponentCache` to share components and
+        cache: A :class:`~shiftlens.lenses.ffn.subspaces.ComponentCache` to share components and
             word directions with other calls (e.g. :func:`concept_shift` on the same pair).
 
     Returns:

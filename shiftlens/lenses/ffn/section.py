@@ -3,7 +3,7 @@
 :func:`section` runs :func:`~shiftlens.lenses.ffn.compare.concept_shift` and
 :func:`~shiftlens.lenses.ffn.compare.rotation` on the report's pair (weights only: no prompt is
 used) and turns the Results into findings, figures, CSV tables and a circuitsvis table of the
-concept words. Both analyses share one :class:`~shiftlens.lenses.ffn.core.ComponentCache`, so
+concept words. Both analyses share one :class:`~shiftlens.lenses.ffn.subspaces.ComponentCache`, so
 each layer's PCA and each model's word directions are computed once. Report options (``build_report(options=...)``): ``concept_k`` (components per
 layer annotated; default the lens default, ``min(300, rank)``) and ``rotation_k`` (subspace
 dimension; lens default).
@@ -77,7 +77,7 @@ def section(ctx: ReportContext, sec: Section) -> None:
         >>> get_lens("ffn").run_section()(ctx, sec)  # doctest: +SKIP
     """
     from shiftlens.lenses.ffn import compare
-    from shiftlens.lenses.ffn.core import ComponentCache
+    from shiftlens.lenses.ffn.subspaces import ComponentCache
     from shiftlens.viz.circuits import concept_table
 
     pair = ctx.pair
