@@ -157,43 +157,53 @@ _PROBE = textwrap.dedent("""
     def peak():
         return status("VmHWM")
 
-    path, rows, d, shard = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(256, 2, d, generator=g)  # one chunk, reused: the writer copies what it keeps
-    reset_peak()
-    base = rss()
-    with ActivationWriter(path, d, shard_rows=shard) as w:
-        for k in range(0, rows, 256):
-            w.add(x[: min(256, rows - k)])
-    write_peak = peak() - base
-    store = ActivationStore(path)
-    n = 0
-    for b in store.batches(512, seed=0):
-        n += 1
-        if n == store.batches_per_epoch(512):
-            break
-    for _ in store.rows(4096):
-        pass
-    print(json.dumps(dict(write=write_peak, total=peak() - base, n=n,
-                          shard_bytes=shard * 2 * d * 4, store_bytes=rows * 2 * d * 4)))
+    def probe(path, rows, d, shard):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(256, 2, d, generator=g)  # one chunk, reused: the writer copies what it keeps
+        reset_peak()
+        base = rss()
+        with ActivationWriter(path, d, shard_rows=shard) as w:
+            for k in range(0, rows, 256):
+                w.add(x[: min(256, rows - k)])
+        write_peak = peak() - base
+        store = ActivationStore(path)
+        n = 0
+        for b in store.batches(512, seed=0):
+            n += 1
+            if n == store.batches_per_epoch(512):
+                break
+        for _ in store.rows(4096):
+            pass
+        return dict(write=write_peak, total=peak() - base, n=n,
+                    shard_bytes=shard * 2 * d * 4, store_bytes=rows * 2 * d * 4)
+
+    out = [probe(a[0], int(a[1]), int(a[2]), int(a[3]))
+           for a in json.loads(sys.argv[1])]
+    print(json.dumps(out))
 """)
 
 
-def _probe(path, rows, d, shard):
-    out = subprocess.run([sys.executable, "-c", _PROBE, str(path), str(rows), str(d),
-                          str(shard)], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def _probe(*runs):
+    """Each run ``(path, rows, d_model, shard_rows)`` in a fresh process of its own, all at once."""
+    procs = [subprocess.Popen([sys.executable, "-c", _PROBE, json.dumps([[str(p), r, d, sh]])],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for p, r, d, sh in runs]
+    out = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr[-2000:]
+        out.append(json.loads(stdout.strip().splitlines()[-1])[0])
+    return out
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self")
 def test_streaming_memory_is_bounded_by_a_shard(tmp_path):
-    """Writing a store and reading it (a shuffled epoch and a pass in order) in a fresh process
-    (peak reset after the imports): doubling the store from 12 to 24 MiB (1 MiB shards) leaves
-    the peak resident memory where it was (within two shards), below the larger store's size."""
+    """Writing a store and reading it (a shuffled epoch and a pass in order) in fresh processes
+    (peak reset after the imports): doubling the store from 12 to 24 MiB
+    (1 MiB shards) leaves the peak resident memory where it was (within two shards), below the
+    larger store's size."""
     d, shard = 64, 2048
-    small = _probe(tmp_path / "a", 24576, d, shard)
-    large = _probe(tmp_path / "b", 49152, d, shard)
+    small, large = _probe((tmp_path / "a", 24576, d, shard), (tmp_path / "b", 49152, d, shard))
     assert small["store_bytes"] == 12 * 2**20 and large["store_bytes"] == 24 * 2**20
     assert large["n"] == 2 * small["n"] == 2 * (24576 // 512)
     assert large["write"] < small["write"] + 2 * small["shard_bytes"], (small, large)
