@@ -22,6 +22,7 @@ import html as _html
 import json
 import time
 import traceback
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from shiftlens.lenses.registry import (
     registered_lenses,
 )
 from shiftlens.prompts import InstructionPrompt
+from shiftlens.report.layout import REPORT_CSS, _header_html, _log_html
 from shiftlens.stats import change_sentence
 from shiftlens.viz.figures import figure_html, label_models, pyplot, save_figure
 from shiftlens.viz.html import circuitsvis_js, page
@@ -54,6 +56,9 @@ __all__ = [
     "Finding",
     "Section",
     "Report",
+    "ReportPlan",
+    "plan_report",
+    "check_output_dir",
     "build_report",
     "change_sentence",
 ]
@@ -104,7 +109,8 @@ def resolve_lenses(lenses: str | Sequence[str] | None) -> list[str]:
     """Validate a lens selection (a list, or a comma-separated string; None/"all" = every lens).
 
     Raises:
-        ShiftlensError: an unknown lens name (the message lists the known ones).
+        ShiftlensError: an unknown lens name (the message lists the known ones), or an empty
+            selection (``""``, ``"attention,"``, ``[]``): nothing is run silently.
 
     Example:
         >>> resolve_lenses("attention, ffn")
@@ -112,10 +118,14 @@ def resolve_lenses(lenses: str | Sequence[str] | None) -> list[str]:
     """
     if lenses is None:
         return list(LENSES)
+    given = lenses
     if isinstance(lenses, str):
-        lenses = [x.strip() for x in lenses.split(",") if x.strip()]
+        lenses = [x.strip() for x in lenses.split(",")]
     names = list(dict.fromkeys(lenses))
-    if not names or names == ["all"]:
+    if not names or any(not isinstance(n, str) or not n.strip() for n in names):
+        raise ShiftlensError(f"no lens selected in {given!r}: name lenses separated by commas "
+                             f"({', '.join(LENSES)}) or 'all'")
+    if names == ["all"]:
         return list(LENSES)
     bad = [n for n in names if n not in LENSES]
     if bad:
@@ -198,12 +208,8 @@ class _Context:
 
     def attempt(self, sec: Section, what: str, fn: Any) -> Any:
         """Run one analysis of a section; on failure record the error and go on (unless debug)."""
-        import warnings
-
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # lens warnings are reported by the findings
-                return fn()
+            return fn()  # its warnings go to the report's log (build_report captures them)
         except Exception as e:  # noqa: BLE001 - the other analyses still run
             if self.debug:
                 raise
@@ -229,6 +235,8 @@ class Report:
         sections: One :class:`Section` per lens (run, skipped or failed).
         metrics: What ``metrics.json`` holds.
         html_path, metrics_path: The files written.
+        log: The warnings and dependency log records of the run
+            (:class:`~shiftlens.report.log.LogEntry`), as the page's Log section lists them.
 
     Example:
         >>> rep = build_report(pair, prompts, "out/report")  # doctest: +SKIP
@@ -241,6 +249,7 @@ class Report:
     metrics: dict[str, Any]
     html_path: Path
     metrics_path: Path
+    log: list[Any] = dataclasses.field(default_factory=list)
 
     @property
     def failed(self) -> list[str]:
@@ -278,6 +287,141 @@ def _jsonable(x: Any) -> Any:
     return str(x)
 
 
+@dataclass
+class ReportPlan:
+    """What a report will run, validated before anything is loaded, measured or written.
+
+    Attributes:
+        lenses: The lenses, in report order.
+        prompts: The prompts after ``max_prompts`` (balanced over categories).
+        n_given: How many prompts were given.
+        limits: The prompt cap of every key (defaults overridden by ``limits``).
+        counts: Per lens, how many prompts each of its cap keys will use.
+
+    Example:
+        >>> from shiftlens import default_prompts
+        >>> plan = plan_report(default_prompts(), lenses="attention", limits={"attention": 10})
+        >>> plan.counts
+        {'attention': {'attention': 10}}
+    """
+
+    lenses: list[str]
+    prompts: list[InstructionPrompt]
+    n_given: int
+    limits: dict[str, int | None]
+    counts: dict[str, dict[str, int]]
+
+
+def plan_report(
+    prompts: Sequence[Any],
+    *,
+    lenses: str | Sequence[str] | None = None,
+    max_prompts: int | None = None,
+    limits: Mapping[str, int | None] | None = None,
+) -> ReportPlan:
+    """Validate a report's inputs and work out what it will run (the checks of :func:`build_report`).
+
+    Raises:
+        ShiftlensError: no prompts, a non-``InstructionPrompt``, a bad ``max_prompts``, an
+            unknown or empty lens selection, an unknown cap key or a bad cap.
+
+    Example:
+        >>> from shiftlens import default_prompts
+        >>> plan_report(default_prompts(), lenses="residual",
+        ...             limits={"residual": 10, "patching": 4}).counts
+        {'residual': {'residual': 10, 'patching': 4}}
+    """
+    prompts = list(prompts)
+    if not prompts:
+        raise ShiftlensError("build_report: no prompts given")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, InstructionPrompt):
+            raise ShiftlensError(f"build_report: prompt #{i} is a {type(p).__name__}, not an "
+                                 "InstructionPrompt")
+    if max_prompts is not None and (isinstance(max_prompts, bool) or not isinstance(max_prompts, int)
+                                    or max_prompts < 1):
+        raise ShiftlensError(f"max_prompts must be a positive integer, got {max_prompts!r}")
+    names = resolve_lenses(lenses)
+    lim: dict[str, int | None] = dict(DEFAULT_LIMITS)
+    for k, v in (limits or {}).items():
+        if k not in DEFAULT_LIMITS:
+            raise ShiftlensError(f"unknown prompt-cap key {k!r}; choose from {', '.join(DEFAULT_LIMITS)}")
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise ShiftlensError(f"prompt cap for {k!r} must be an integer >= 0, got {v!r}")
+        lim[k] = v or None
+    chosen = select_prompts(prompts, max_prompts)
+    counts = {n: {k: len(select_prompts(chosen, lim.get(k))) for k in LENSES[n].limits}
+              for n in names}
+    return ReportPlan(names, chosen, len(prompts), lim, counts)
+
+
+def check_output_dir(out: str | Path, *, create: bool = False) -> Path:
+    """Refuse an output directory that cannot be written, before any work is done.
+
+    Without ``create`` nothing is created: the nearest existing ancestor must be a writable
+    directory (so a bad ``--out`` fails before models load, leaving nothing behind). With
+    ``create`` the directory is made and a probe file written and removed.
+
+    Raises:
+        ShiftlensError: ``out`` (or an ancestor) is a file, or it cannot be created or written.
+
+    Example:
+        >>> check_output_dir("/tmp/shiftlens-doc-report")
+        PosixPath('/tmp/shiftlens-doc-report')
+    """
+    import os
+    import tempfile
+
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ShiftlensError(f"output directory {str(out)!r} is a file, not a directory")
+    if not create:
+        anc = out
+        while not anc.exists() and anc != anc.parent:
+            anc = anc.parent
+        if not anc.is_dir():
+            raise ShiftlensError(f"cannot create output directory {str(out)!r}: {str(anc)!r} is "
+                                 "a file, not a directory")
+        if not os.access(anc, os.W_OK | os.X_OK):
+            raise ShiftlensError(f"output directory {str(out)!r} is not writable (no write "
+                                 f"permission on {str(anc)!r})")
+        return out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".shiftlens-probe-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ShiftlensError(f"output directory {str(out)!r} cannot be written: "
+                             f"{e.strerror or e}") from e
+    return out
+
+
+#: What a report writes into its directory (removed first when rewriting an earlier report).
+REPORT_FILES = ("report.html", "metrics.json")
+REPORT_DIRS = ("figures", "csv", "results", "errors")
+
+
+def _clear_previous(out: Path) -> None:
+    """Remove an earlier report's files from ``out`` (only when its metrics.json is ours)."""
+    import shutil
+
+    mp = out / "metrics.json"
+    if not mp.exists():
+        return
+    try:
+        old = json.loads(mp.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not (isinstance(old, dict) and "shiftlens_version" in old):
+        return
+    for f in REPORT_FILES:
+        (out / f).unlink(missing_ok=True)
+    for d in REPORT_DIRS:
+        if (out / d).is_dir():
+            shutil.rmtree(out / d)
+
+
 def build_report(
     pair: Any,
     prompts: Sequence[Any],
@@ -294,16 +438,27 @@ def build_report(
     command: str | None = None,
     options: Mapping[str, Any] | None = None,
     selfcheck: Any = "run",
+    log: Sequence[Any] = (),
+    estimate: Any = None,
 ) -> Report:
     """Run the chosen lenses on ``pair`` and ``prompts`` and write the report into ``out``.
+
+    Every input is checked before anything is measured or written (:func:`plan_report`,
+    :func:`check_output_dir`). Warnings raised while the report runs (shiftlens' own and the
+    dependencies', and the dependencies' log records) are captured, listed once in the page's
+    **Log** section and in ``metrics.json["log"]``, not printed; shiftlens' own warnings are
+    also re-issued once after the report is written (unless a caller, such as the command line,
+    captures them itself).
 
     Args:
         pair: A :class:`shiftlens.ModelPair` (its device and dtype are used as they are).
         prompts: The prompt set (instruction spans are needed by the attribution and attention
             lenses).
-        out: Output directory (created; existing report files are overwritten).
+        out: Output directory (created). An earlier report in it is replaced (its
+            ``report.html``, ``metrics.json``, ``figures/``, ``csv/``, ``results/``,
+            ``errors/``); other files are left alone.
         lenses: Lens names (list or comma-separated) or None for all; unavailable ones are
-            skipped with a note.
+            skipped with a note. An empty selection is an error.
         max_prompts: Use at most this many prompts (balanced over categories).
         limits: Per-lens prompt caps overriding :data:`DEFAULT_LIMITS` (0/None = no cap).
         title: Page title.
@@ -312,66 +467,81 @@ def build_report(
         figure_formats: Figure files written next to the report.
         debug: Re-raise a failing lens's exception instead of reporting it.
         command: The command line that made the report (shown in the footer).
-        options: Extra lens options (e.g. ``{"concept_k": 32}``; see
-            :mod:`shiftlens.report.lenses`).
+        options: Extra lens options (e.g. ``{"concept_k": 32}``; see each lens's section).
         selfcheck: ``"run"`` (default): check the instrument first with
             :func:`shiftlens.selfcheck` and refuse (:class:`~shiftlens.errors.SelfCheckError`) on
             a failed check; ``"skip"``: measure unchecked, recorded in the report; or a
             :class:`shiftlens.instrument.SelfCheck` already run. Its record goes into
             ``metrics.json`` (``"selfcheck"``) and the page's header.
+        log: :class:`~shiftlens.report.log.LogEntry` records captured before the report (e.g.
+            while the pair loaded), listed first in the Log section.
+        estimate: The :class:`~shiftlens.report.estimate.Estimate` made before the run, recorded
+            in ``metrics.json`` next to the measured times.
 
     Returns:
         The :class:`Report`.
 
     Raises:
-        ShiftlensError: no prompts, an unknown lens, a bad cap.
+        ShiftlensError: no prompts, an unknown or empty lens selection, a bad cap, an output
+            directory that cannot be written.
 
     Example:
         >>> from shiftlens.zoo import toy_pair, toy_prompts
         >>> rep = build_report(toy_pair(), toy_prompts(28), "out/report")  # doctest: +SKIP
         >>> print("\\n".join(rep.headlines))  # doctest: +SKIP
     """
+    from shiftlens.report.log import CapturedLog, capture_warnings, nested
+
+    plan = plan_report(prompts, lenses=lenses, max_prompts=max_prompts, limits=limits)
+    out = check_output_dir(out)
+    from shiftlens.instrument import SelfCheck
+
+    if not (isinstance(selfcheck, SelfCheck) or selfcheck in ("run", "skip")):
+        raise ShiftlensError(f"selfcheck must be 'run', 'skip' or a SelfCheck, got {selfcheck!r}")
+    outer = nested()
+    record = CapturedLog()
+    record.extend(list(log))
+    with capture_warnings() as captured:
+        rep = _build(pair, plan, out, title=title, seed=seed, progress=progress,
+                     figure_formats=figure_formats, debug=debug, command=command,
+                     options=options, selfcheck=selfcheck, record=record, captured=captured,
+                     estimate=estimate)
+    if not outer:
+        from shiftlens.errors import ShiftlensWarning
+
+        for e in rep.log:
+            if e.origin == "shiftlens":
+                warnings.warn(f"{e.message} (listed in the report's log)", ShiftlensWarning,
+                              stacklevel=2)
+    return rep
+
+
+def _build(pair: Any, plan: ReportPlan, out: Path, *, title: str | None, seed: int,
+           progress: bool, figure_formats: Sequence[str], debug: bool, command: str | None,
+           options: Mapping[str, Any] | None, selfcheck: Any, record: Any, captured: Any,
+           estimate: Any) -> Report:
     from tqdm.auto import tqdm
 
-    prompts = list(prompts)
-    if not prompts:
-        raise ShiftlensError("build_report: no prompts given")
-    for i, p in enumerate(prompts):
-        if not isinstance(p, InstructionPrompt):
-            raise ShiftlensError(f"build_report: prompt #{i} is a {type(p).__name__}, not an "
-                                 "InstructionPrompt")
-    if max_prompts is not None and (not isinstance(max_prompts, int) or max_prompts < 1):
-        raise ShiftlensError(f"max_prompts must be a positive integer, got {max_prompts!r}")
-    names = resolve_lenses(lenses)
-    lim: dict[str, int | None] = dict(DEFAULT_LIMITS)
-    for k, v in (limits or {}).items():
-        if k not in DEFAULT_LIMITS:
-            raise ShiftlensError(f"unknown prompt-cap key {k!r}; choose from {', '.join(DEFAULT_LIMITS)}")
-        if v is not None and (not isinstance(v, int) or v < 0):
-            raise ShiftlensError(f"prompt cap for {k!r} must be an integer >= 0, got {v!r}")
-        lim[k] = v or None
     from shiftlens.instrument import SelfCheck
     from shiftlens.instrument import selfcheck as run_selfcheck
 
-    if isinstance(selfcheck, str) and selfcheck == "run":
-        check = run_selfcheck(pair)
-    elif isinstance(selfcheck, str) and selfcheck == "skip":
-        check = SelfCheck.skipped_on_request()
-    elif isinstance(selfcheck, SelfCheck):
+    if isinstance(selfcheck, SelfCheck):
         check = selfcheck
+    elif selfcheck == "skip":
+        check = SelfCheck.skipped_on_request()
     else:
-        raise ShiftlensError(f"selfcheck must be 'run', 'skip' or a SelfCheck, got {selfcheck!r}")
+        check = run_selfcheck(pair)
     check.raise_if_failed()
-    n_all = len(prompts)
-    prompts = select_prompts(prompts, max_prompts)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    ctx = _Context(pair=pair, prompts=prompts, out=out, limits=lim, progress=progress, seed=seed,
-                   figure_formats=tuple(figure_formats), debug=debug, options=dict(options or {}))
+    out = check_output_dir(out, create=True)
+    _clear_previous(out)
+    prompts = plan.prompts
+    ctx = _Context(pair=pair, prompts=prompts, out=out, limits=plan.limits, progress=progress,
+                   seed=seed, figure_formats=tuple(figure_formats), debug=debug,
+                   options=dict(options or {}))
     avail = available_lenses()
     sections: list[Section] = []
     t_start = time.perf_counter()
-    bar = tqdm(names, desc="report", disable=not progress, unit="lens")
+    bar = tqdm(plan.lenses, desc="report", disable=not progress, unit="lens")
     for name in bar:
         spec = LENSES[name]
         bar.set_postfix_str(name)
@@ -395,15 +565,20 @@ def build_report(
             sec.status = "partial" if sec.findings else "failed"
         sections.append(sec)
     total = time.perf_counter() - t_start
-    metrics = _metrics(pair, prompts, n_all, sections, ctx, total, seed, command)
+    record.extend(captured.entries)
+    metrics = _metrics(pair, prompts, plan.n_given, sections, ctx, total, seed, command)
     metrics["selfcheck"] = check.to_dict()
+    metrics["estimate"] = estimate.to_dict() if estimate is not None else None
+    metrics["log"] = [e.to_dict() for e in record.entries]
+    from shiftlens.io import atomic_write_text
+
     metrics_path = out / "metrics.json"
-    metrics_path.write_text(json.dumps(_jsonable(metrics), indent=1, ensure_ascii=False,
-                                       allow_nan=False))
+    atomic_write_text(metrics_path, json.dumps(_jsonable(metrics), indent=1, ensure_ascii=False,
+                                               allow_nan=False))
     html_path = out / "report.html"
-    html_path.write_text(_render(pair, prompts, n_all, sections, metrics, title, command),
-                         encoding="utf-8")
-    return Report(out, sections, metrics, html_path, metrics_path)
+    atomic_write_text(html_path, _render(pair, prompts, plan.n_given, sections, metrics, title,
+                                         command))
+    return Report(out, sections, metrics, html_path, metrics_path, list(record.entries))
 
 
 def _metrics(pair: Any, prompts: list[InstructionPrompt], n_all: int, sections: list[Section],
@@ -421,9 +596,11 @@ def _metrics(pair: Any, prompts: list[InstructionPrompt], n_all: int, sections: 
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "models": dict(pair.names),
+        "model_sources": dict(getattr(pair, "sources", None) or pair.names),
         "processing": getattr(pair, "processing", None),
         "architecture": {k: getattr(cfg, k, None) for k in
                          ("n_layers", "n_heads", "d_model", "d_mlp", "d_vocab")},
+        "architecture_name": getattr(cfg, "architecture", None),
         "device": str(getattr(cfg, "device", "cpu")),
         "dtype": str(getattr(cfg, "dtype", "")),
         "torch": torch.__version__,
@@ -447,59 +624,26 @@ def _metrics(pair: Any, prompts: list[InstructionPrompt], n_all: int, sections: 
     }
 
 
-REPORT_CSS = """
-.sl-finding { display: grid; grid-template-columns: minmax(260px, 2fr) minmax(320px, 3fr);
-              gap: 20px; align-items: start; margin: 14px 0 20px; }
-.sl-finding-text { font-size: 0.98em; }
-.sl-finding.sl-wide { grid-template-columns: 1fr; }
-.sl-note { background: #fff8e6; border-left: 4px solid #e3a008; padding: 8px 12px; margin: 10px 0; }
-.sl-error { background: #fdecec; border-left: 4px solid #b42318; padding: 8px 12px; margin: 10px 0;
-            font-family: monospace; font-size: 0.9em; white-space: pre-wrap; }
-.sl-key li { margin: 4px 0; }
-.sl-badge { display: inline-block; font-size: 0.75em; padding: 1px 7px; border-radius: 10px;
-            margin-left: 8px; vertical-align: middle; background: #e7f0ff; color: #1f4fa0; }
-.sl-badge.skipped { background: #f1f1f1; color: #666; } .sl-badge.failed, .sl-badge.partial {
-            background: #fdecec; color: #b42318; }
-nav.sl-toc a { margin-right: 14px; }
-footer { margin-top: 40px; border-top: 1px solid var(--line); padding-top: 10px; }
-@media (max-width: 800px) { .sl-finding { grid-template-columns: 1fr; } }
-"""
-
-
 def _render(pair: Any, prompts: list[InstructionPrompt], n_all: int, sections: list[Section],
             metrics: dict[str, Any], title: str | None, command: str | None) -> str:
     e = _html.escape
     title = title or "shiftlens report"
-    names = pair.names
-    cats = metrics["categories"]
-    cat_txt = ", ".join(f"{k} ({v})" for k, v in cats.items())
-    body = [f"<h1>{e(title)}</h1>"]
-    body.append(
-        f'<p class="sl-muted">What did instruction tuning change inside <b>{e(names["tuned"])}</b> '
-        f'relative to <b>{e(names["base"])}</b>? {metrics["n_prompts"]} prompts'
-        + (f" (of {n_all} given)" if n_all != metrics["n_prompts"] else "")
-        + f": {e(cat_txt)}. Device {e(metrics['device'])}, dtype {e(metrics['dtype'])}, "
-        f"seed {metrics['seed']}, shiftlens {e(metrics['shiftlens_version'])}, "
-        f"{e(metrics['created'])}, {metrics['seconds']:.0f} s. Methods after Wu et al. (2024), "
-        "<i>From Language Modeling to Instruction Following: Understanding the Behavior Shift in "
-        "LLMs after Instruction Tuning</i> (NAACL).</p>"
-    )
-    sc = metrics.get("selfcheck") or {}
-    if sc.get("skipped"):
-        body.append('<div class="sl-error">The instrument self-check was skipped on request '
-                    "(--skip-checks): decoding and the models were not verified before measuring."
-                    "</div>")
-    elif sc.get("checks"):
-        body.append('<p class="sl-muted">Self-check passed before measuring: ' + e("; ".join(
-            c["detail"] for c in sc["checks"] if not c["name"].startswith("kv_cache/"))) + ".</p>")
-    heads = [f for s in sections for f in s.findings if f.headline]
+    body = [f"<h1>{e(title)}</h1>", _header_html(pair, n_all, sections, metrics)]
+    heads = [(s, f) for s in sections for f in s.findings if f.headline]
     body.append("<h2>Key findings</h2>")
     if heads:
-        body.append('<ul class="sl-key">' + "".join(f"<li>{e(f.key)}</li>" for f in heads) + "</ul>")
+        body.append('<p class="sl-muted">One line per headline finding: the direction (rose, '
+                    "fell), the values for base and tuned, the difference with its 95% CI, the "
+                    "test and whether it is significant at 0.05. The sections below say which "
+                    "prompts and responses each rests on.</p>")
+        body.append('<ul class="sl-key">' + "".join(
+            f'<li><a class="sl-lens" href="#lens-{s.name}">{e(s.title.split(":")[0])}</a> '
+            f"{e(f.key)}</li>" for s, f in heads) + "</ul>")
     else:
         body.append('<p class="sl-note">No lens produced a finding (see the sections below).</p>')
     body.append('<nav class="sl-toc">Sections: ' + "".join(
-        f'<a href="#lens-{s.name}">{e(s.title)}</a>' for s in sections) + "</nav>")
+        f'<a href="#lens-{s.name}">{e(s.title)}</a>' for s in sections)
+        + '<a href="#log">Log</a></nav>')
     for s in sections:
         badge = {"ok": "", "skipped": "skipped", "failed": "failed", "partial": "partly failed"}[s.status]
         body.append(f'<section id="lens-{s.name}"><h2>{e(s.title)}'
@@ -510,7 +654,9 @@ def _render(pair: Any, prompts: list[InstructionPrompt], n_all: int, sections: l
             body.append(f'<div class="sl-note">{e(s.note)}</div>')
         if s.n_prompts:
             body.append('<p class="sl-muted">Prompts used: ' + "; ".join(
-                f"{e(k)}: {v}" for k, v in s.n_prompts.items()) + f". Time {s.seconds:.1f} s.</p>")
+                f"{v} ({e(k)})" for k, v in s.n_prompts.items()) + f" &middot; {s.seconds:.1f} s</p>")
+        elif s.status != "skipped":
+            body.append(f'<p class="sl-muted">{s.seconds:.1f} s</p>')
         for f in s.findings:
             if f.figure:
                 cls = "sl-finding sl-wide" if f.wide else "sl-finding"
@@ -528,6 +674,7 @@ def _render(pair: Any, prompts: list[InstructionPrompt], n_all: int, sections: l
             body.append('<p class="sl-muted">Data: ' + ", ".join(
                 f'<a href="{e(t)}">{e(t)}</a>' for t in s.tables) + "</p>")
         body.append("</section>")
+    body.append(_log_html(metrics.get("log") or []))
     body.append(
         '<footer class="sl-muted">Files next to this page: metrics.json (settings, timings and '
         "every summary), csv/ (the Results' frames), figures/ (PNG and SVG), results/ (each "

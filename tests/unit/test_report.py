@@ -49,7 +49,11 @@ def test_select_prompts_is_balanced_ordered_and_deterministic():
 
 
 def test_resolve_lenses():
-    assert resolve_lenses(None) == list(LENSES) == ["attribution", "attention", "ffn", "residual"]
+    from shiftlens.lenses import BUILTIN_LENSES, registered_lenses
+
+    # every registered lens, in registration (report) order: the built-in ones first
+    assert resolve_lenses(None) == list(LENSES) == list(registered_lenses())
+    assert list(LENSES)[:len(BUILTIN_LENSES)] == list(BUILTIN_LENSES)
     assert resolve_lenses("all") == list(LENSES)
     assert resolve_lenses("residual,attention") == ["attention", "residual"]  # report order
     assert resolve_lenses(["ffn", "ffn"]) == ["ffn"]
@@ -101,7 +105,12 @@ def test_build_report_rejects_bad_input(llama_pair, tmp_path):
         build_report(llama_pair, default_prompts()[:2], tmp_path, lenses="nope")
     with pytest.raises(ShiftlensError, match="unknown prompt-cap key"):
         build_report(llama_pair, default_prompts()[:2], tmp_path, limits={"attn": 3})
-    assert set(DEFAULT_LIMITS) >= set(LENSES) - {"ffn"} | {"patching"}
+    # the default caps are the union of the registered lenses' own caps (a lens without a
+    # prompt loop, such as weight_delta, declares none)
+    from shiftlens.lenses import registered_lenses
+
+    want = {k: v for spec in registered_lenses().values() for k, v in spec.limits.items()}
+    assert dict(DEFAULT_LIMITS) == want and "patching" in want
 
 
 # ----------------------------------------------------------------------------- a whole report
@@ -135,7 +144,13 @@ def test_report_skips_missing_lens_reports_failed_lens_and_writes_files(llama_pa
     cs = ffn.concept_shift(llama_pair, k=4, progress=False)
     uo = cs.summary()["task"]["user-oriented"]
     key = [h for h in rep.headlines if "user-oriented" in h][0]
-    assert f"{uo['base_mean']:.3f} (base)" in key and f"{uo['tuned_mean']:.3f} (tuned)" in key
+    # the lens states shares in percent ("from 12.5% (base) to 10.0% (tuned)"), with at least
+    # one decimal: the printed numbers equal the rerun's means to the printed precision
+    got = re.search(r"from (-?[\d.]+)% \(base\) to (-?[\d.]+)% \(tuned\)", key)
+    assert got, key
+    for printed, mean in zip(got.groups(), (uo["base_mean"], uo["tuned_mean"])):
+        decimals = len(printed.partition(".")[2])
+        assert decimals >= 1 and float(printed) == pytest.approx(100 * mean, abs=0.5 * 10 ** -decimals)
 
     # files: metrics.json (strict JSON), CSVs equal to the Results' frames, PNG + SVG figures
     m = _strict_json(rep.metrics_path)
