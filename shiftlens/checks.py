@@ -31,6 +31,7 @@ __all__ = [
     "check_finite",
     "check_vocab",
     "pad_token_id",
+    "check_device",
 ]
 
 
@@ -270,3 +271,39 @@ def pad_token_id(tokenizer: Any) -> int:
         if tid is not None:
             return int(tid)
     return 0
+
+
+def check_device(device: Any, model: Any = None, *, who: str = "") -> torch.device:
+    """Where a computation runs: ``device`` checked usable, or (None) the model's input device.
+
+    Args:
+        device: A string or ``torch.device``, or None for the model's device
+            (:func:`shiftlens.bridge.device_of`).
+        model: The model whose device is the default.
+        who: The function named in the error.
+
+    Raises:
+        ShiftlensError: ``device`` is not a string or ``torch.device``, or torch cannot use it
+            (unknown type, no such CUDA device).
+
+    Example:
+        >>> check_device("cpu")
+        device(type='cpu')
+        >>> check_device(3.0, who="rotation")
+        Traceback (most recent call last):
+        ...
+        shiftlens.errors.ShiftlensError: rotation: device must be a string or torch.device, got 3.0
+    """
+    pre = f"{who}: " if who else ""
+    if device is None:
+        from shiftlens.bridge import device_of
+
+        return device_of(model)
+    if not isinstance(device, (str, torch.device)):
+        raise ShiftlensError(f"{pre}device must be a string or torch.device, got {device!r}")
+    try:
+        dev = torch.device(device)
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError, ValueError) as e:
+        raise ShiftlensError(f"{pre}device {str(device)!r} cannot be used: {e}") from None
+    return dev

@@ -313,7 +313,7 @@ def test_duplicate_layers_are_read_once(pair, vocab):
 # ------------------------------------------------------------------------------ devices
 def test_default_device_is_the_models(pair, vocab, monkeypatch):
     """device=None computes where the (base) model lives: shiftlens.bridge.device_of."""
-    import shiftlens.lenses.ffn.core as core
+    import shiftlens.bridge as core
 
     seen = []
 

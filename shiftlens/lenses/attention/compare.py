@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from shiftlens.checks import (
     check_choice,
+    check_device,
     check_int,
     check_layers,
     check_prompts,
@@ -40,7 +41,6 @@ from shiftlens.errors import ShiftlensError, ShiftlensWarning
 from shiftlens.lenses.attention.core import (
     DEFAULT_WORDS,
     QUERIES,
-    check_device,
     check_flag,
     check_pair,
     check_words,

@@ -44,7 +44,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from shiftlens.bridge import device_of, model_name
+from shiftlens.bridge import model_name
 from shiftlens.capture import run_hooks_batched
 from shiftlens.checks import (
     check_choice,
@@ -128,23 +128,6 @@ def check_pair(pair: Any, who: str) -> Any:
     return pair
 
 
-def check_device(device: Any, model: Any = None) -> torch.device:
-    """``device`` as a usable ``torch.device`` (default: the model's input device).
-
-    Example:
-        >>> check_device("cpu")
-        device(type='cpu')
-    """
-    if device is None:
-        return device_of(model)
-    if not isinstance(device, (str, torch.device)):
-        raise ShiftlensError(f"device must be a string or torch.device, got {device!r}")
-    try:
-        dev = torch.device(device)
-        torch.empty(0, device=dev)
-    except (RuntimeError, AssertionError, ValueError) as e:
-        raise ShiftlensError(f"device {str(device)!r} cannot be used: {e}") from None
-    return dev
 
 
 def nonfinite_cells(mass: Float[Tensor, "prompt layer head segment"], prompt_ids: Sequence[str],

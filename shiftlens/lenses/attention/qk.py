@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from shiftlens.bridge import model_name
 from shiftlens.checks import (
+    check_device,
     check_finite,
     check_head,
     check_int,
@@ -43,7 +44,6 @@ from shiftlens.checks import (
 from shiftlens.errors import ShiftlensError
 from shiftlens.lenses.attention.core import (
     DEFAULT_WORDS,
-    check_device,
     check_flag,
     check_model,
     check_words,

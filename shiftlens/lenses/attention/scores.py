@@ -36,10 +36,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from shiftlens.bridge import model_name
-from shiftlens.checks import check_int, check_vocab
+from shiftlens.checks import check_device, check_int, check_vocab
 from shiftlens.errors import ShiftlensError
 from shiftlens.lenses.attention.core import (
-    check_device,
     check_flag,
     check_model,
     check_words,

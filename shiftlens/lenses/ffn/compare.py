@@ -35,7 +35,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from shiftlens.bridge import model_name
-from shiftlens.checks import check_choice, check_int, check_layers
+from shiftlens.checks import check_choice, check_device, check_int, check_layers
 from shiftlens.errors import ShiftlensError, ShiftlensWarning
 from shiftlens.lenses.ffn.annotators import (
     Annotation,
@@ -54,7 +54,6 @@ from shiftlens.lenses.ffn.core import (
     as_model,
     check_bool,
     check_k,
-    compute_device,
     join_scores,
     join_words,
     model_vocab,
@@ -205,7 +204,7 @@ def _concept_plan(pair: _Pair, annotator: Any, layers: Any, k: Any, top_words: A
     vocab = model_vocab(pair, vocab, f"concept_shift {_pair_names(pair)}")
     return _ConceptPlan(annotator, seeds, vocab, sel, layer_groups(pair.cfg.n_layers),
                         _pair_k(pair, k, DEFAULT_CONCEPT_K, None), top, method,
-                        compute_device(pair.base, device, "concept_shift"), alternative,
+                        check_device(device, pair.base, who="concept_shift"), alternative,
                         cache if cache is not None else ComponentCache())
 
 
@@ -357,7 +356,7 @@ def _rotation_plan(pair: _Pair, k: Any, layers: Any, vocab: WordVocab | None, to
     n_moved = check_int("n_moved", n_moved, minimum=0, who="rotation")
     seed = check_int("seed", seed, minimum=0, who="rotation")
     vocab = model_vocab(pair, vocab, f"rotation {_pair_names(pair)}")
-    dev = compute_device(pair.base, device, "rotation")
+    dev = check_device(device, pair.base, who="rotation")
     d_model = pair.cfg.d_model
     if k >= d_model:
         warnings.warn(f"rotation with k={k} >= d_model={d_model}: both subspaces are the whole "

@@ -44,8 +44,15 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from shiftlens.bridge import device_of, model_name
-from shiftlens.checks import check_choice, check_finite, check_int, check_layer, check_vocab
+from shiftlens.bridge import model_name
+from shiftlens.checks import (
+    check_choice,
+    check_device,
+    check_finite,
+    check_int,
+    check_layer,
+    check_vocab,
+)
 from shiftlens.errors import ShiftlensError
 from shiftlens.vocab import default_vocab
 from shiftlens.weights import (
@@ -108,24 +115,6 @@ def check_bool(name: str, value: Any, who: str) -> bool:
     return bool(value)
 
 
-def compute_device(model: Any, device: Any, who: str = "ffn") -> torch.device:
-    """Where a model-level function computes: ``device`` if given (checked usable), else the
-    model's device.
-
-    Raises:
-        ShiftlensError: ``device`` is not a string or ``torch.device``, or torch cannot use it
-            (unknown type, no such CUDA device).
-    """
-    if device is None:
-        return device_of(model)
-    if not isinstance(device, (str, torch.device)):
-        raise ShiftlensError(f"{who}: device must be a string or torch.device, got {device!r}")
-    try:
-        dev = torch.device(device)
-        torch.empty(0, device=dev)
-    except (RuntimeError, AssertionError, ValueError) as e:
-        raise ShiftlensError(f"{who}: device {str(device)!r} cannot be used: {e}") from None
-    return dev
 
 
 def as_model(model: Any, who: str = "ffn") -> Any:
@@ -378,7 +367,7 @@ def pca(
     name = str(name)
     W = _matrix(W, "W", name)
     seed = check_int("seed", seed, minimum=0, who=f"{name}: PCA")
-    dev = compute_device(None, device, name) if device is not None else W.device
+    dev = check_device(device, who=name) if device is not None else W.device
     return _pca(W, k, method, dev, seed, name)
 
 
@@ -426,7 +415,7 @@ def principal_components(
     name = model_name(model)
     fold = check_bool("fold_post_norm", fold_post_norm, f"{name}: principal_components")
     seed = check_int("seed", seed, minimum=0, who=f"{name}: principal_components")
-    dev = compute_device(model, device, f"{name}: principal_components")
+    dev = check_device(device, model, who=f"{name}: principal_components")
     check_choice("method", method, METHODS, who=f"{name}: principal_components")
     W = read_w_out(model, layer, fold_norm=fold)
     pc = _pca(W, k, method, dev, seed, f"model {name!r} layer {layer} W_out")
