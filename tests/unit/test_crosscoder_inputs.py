@@ -148,3 +148,17 @@ def test_cli_texts_and_models(tmp_path):
     assert read_texts(str(tmp_path / "ok.txt")) == ["one", "two"]
     with pytest.raises(Exception, match="unknown organism 'moon'"):
         resolve_model("organism:moon")
+
+
+@pytest.mark.parametrize("name", ["core", "store", "train", "section", "cli", "__init__"])
+def test_crosscoder_doctests(name):
+    """The runnable examples of the lens's docstrings (the others are marked +SKIP: they need a
+    model or files)."""
+    import doctest
+    import importlib
+
+    mod = importlib.import_module("shiftlens.lenses.crosscoder"
+                                  + ("" if name == "__init__" else f".{name}"))
+    res = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert res.attempted > 0, f"{name}: no runnable examples found"
+    assert res.failed == 0, f"{res.failed} doctest failures in {name}"

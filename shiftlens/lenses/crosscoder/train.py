@@ -287,6 +287,7 @@ def train_crosscoder(
             run, or a diverging loss.
 
     Example:
+        >>> from shiftlens.lenses.crosscoder.store import InMemoryActivations
         >>> src = InMemoryActivations(torch.randn(4096, 2, 16))
         >>> cc = train_crosscoder(src, CrosscoderConfig(n_latents=64, k=4, steps=20,
         ...                       batch_size=256), progress=False)
