@@ -3,37 +3,64 @@
 Commands: ``demo`` (the embedded pair -> report), ``report``/``compare`` (any pair -> report),
 ``lenses`` (which lenses are available), plus each registered lens's own subcommands
 (:attr:`shiftlens.lenses.LensSpec.cli`): ``attribute`` (one model, one prompt: importance
-density), ``concepts`` (one model, one layer: W_out principal components in words), ...
+density), ``concepts`` (one model, one layer: W_out principal components in words), ...; and
+the runner's ``run`` (a lens record by record into a run directory: resume, shards, Ray) and
+``merge`` (a run directory -> its Result), from :mod:`shiftlens.runner.cli`.
+
+Streams: stdout carries what a command found (the pair, the self-check, the findings, where
+the report is, a count of the warnings captured); stderr carries errors, and progress (bars and
+the run-time estimate) only when it goes to a terminal or ``--progress`` asks for it. Warnings
+raised while a command runs are captured (:mod:`shiftlens.report.log`): a report lists them in
+its Log section, ``--verbose`` also prints each on stderr as it is raised.
 
 Exit codes: 0 ok; 1 an internal failure (a bug, or the report was written but a lens failed);
-2 bad input (one line on stderr, no traceback unless ``--debug``); 3 the instrument failed its
-self-check (:func:`shiftlens.selfcheck`) and nothing was measured.
+2 bad input (one line on stderr, no traceback unless ``--debug``): every
+:class:`~shiftlens.errors.ShiftlensError`, and every ``OSError`` on a path the user gave; 3 the
+instrument failed its self-check (:func:`shiftlens.selfcheck`) and nothing was measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shlex
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from shiftlens import cliargs as A
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "DEMO_LIMITS", "DEMO_OPTIONS"]
 
 #: Prompt caps of ``shiftlens demo`` (the toy pair is small: 4 prompts per task for the
-#: attributions, 20 for attention; about a minute on a 2-core CPU).
+#: attributions, 20 per task for attention).
 DEMO_LIMITS = {"attribution": 28, "attention": 140, "residual": 28, "patching": 14}
+#: Report options of ``shiftlens demo``: the toy tasks answer in at most 6 tokens + EOS, so 12
+#: generated tokens are enough for the attributed responses.
+DEMO_OPTIONS = {"attribution_tokens": 12}
 LENS_HELP = ("comma-separated lens names (see 'shiftlens lenses'), or 'all' (default); 'list' "
              "prints which are available now and exits. Unavailable lenses are skipped with a "
              "note in the report")
 
 
-def _limits(items: list[str] | None) -> dict[str, int | None]:
-    from shiftlens.report import DEFAULT_LIMITS
+def _default_limits() -> dict[str, int | None]:
+    """The registered lenses' default prompt caps (read from the registry: no torch)."""
+    from shiftlens.lenses import registered_lenses
 
+    out: dict[str, int | None] = {}
+    for spec in registered_lenses().values():
+        out.update(spec.limits)
+    return out
+
+
+def _caps_text(limits: dict[str, int | None]) -> str:
+    return ", ".join(f"{k} [{v if v else 'no cap'}]" for k, v in limits.items())
+
+
+def _limits(items: list[str] | None) -> dict[str, int | None]:
+    DEFAULT_LIMITS = _default_limits()
     out: dict[str, int | None] = {}
     for it in items or []:
         if "=" not in it:
@@ -47,42 +74,132 @@ def _limits(items: list[str] | None) -> dict[str, int | None]:
     return out
 
 
-def _print_lenses() -> int:
-    from shiftlens.report import LENSES, available_lenses
+def _defined_statically(ref: str) -> str | None:
+    """Why ``"module:attribute"`` would not import, judged without importing the module.
 
-    av = available_lenses()
-    for name, spec in LENSES.items():
+    The module must be found (its parent packages are imported: the lens packages are light)
+    and bind the name at its top level (a def, class, assignment or import). Returns None when
+    both hold, else the reason.
+    """
+    import ast
+    import importlib.util
+
+    mod, _, attr = ref.partition(":")
+    try:
+        spec = importlib.util.find_spec(mod)
+    except (ImportError, ValueError) as e:
+        return f"{ref} cannot be imported ({type(e).__name__}: {e})"
+    if spec is None:
+        return f"{ref} cannot be imported (no module named {mod!r})"
+    origin = getattr(spec, "origin", None)
+    if not origin or not str(origin).endswith(".py"):
+        return None  # an extension or namespace module: trust it
+    try:
+        tree = ast.parse(Path(origin).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError) as e:
+        return f"{ref} cannot be imported ({type(e).__name__}: {e})"
+    top = attr.split(".")[0]
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names = [node.name]
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [(a.asname or a.name).split(".")[0] for a in node.names]
+        elif isinstance(node, ast.Assign):
+            names = [t.id for t in node.targets if isinstance(t, ast.Name)]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names = [node.target.id]
+        else:
+            continue
+        if top in names:
+            return None
+    if any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for n in tree.body):
+        return None  # resolved lazily by the module's __getattr__: checked on import only
+    return f"{ref} cannot be imported ({mod} does not define {top!r})"
+
+
+def _print_lenses(check: bool = False) -> int:
+    """One line per lens. By default judged from the source (fast, imports no torch); with
+    ``check`` each lens is imported, as a report would."""
+    from shiftlens.lenses import available_lenses, registered_lenses
+
+    specs = registered_lenses()
+    if check:
+        av = available_lenses()
+    else:
+        av = {}
+        for name, spec in specs.items():
+            why = next((w for w in (_defined_statically(r) for r in (spec.section, *spec.requires))
+                        if w), None)
+            av[name] = (why is None, why or "available")
+    for name, spec in specs.items():
         ok, why = av[name]
         print(f"{name:12s} {'available' if ok else 'NOT AVAILABLE'}  {spec.title}"
               + ("" if ok else f"\n{'':12s} ({why})"))
+    if not check:
+        print("(judged from the source without importing; 'shiftlens lenses --check' imports "
+              "each lens)")
     return 0
+
+
+def _say(msg: str, *, progress: bool = False) -> None:
+    """A progress message: on stderr when progress is shown, else on stdout."""
+    print(msg, file=sys.stderr if progress else sys.stdout, flush=True)
+
+
+def _names(text: str | None) -> tuple[str, str] | None:
+    if text is None:
+        return None
+    parts = [x.strip() for x in text.split(",")]
+    if len(parts) != 2 or not all(parts):
+        raise A.error(f"--names takes BASE,TUNED (two names separated by one comma), got {text!r}")
+    if parts[0] == parts[1]:
+        raise A.error(f"--names: the base and tuned names must differ, got {parts[0]!r} twice")
+    return parts[0], parts[1]
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    """Every check that needs no model, before anything is loaded (fail fast, write nothing)."""
+    from shiftlens.report.core import check_output_dir, resolve_lenses
+
+    resolve_lenses(args.lenses)
+    _limits(args.lens_prompts)
+    _names(args.names)
+    check_output_dir(args.out)
 
 
 def _run_report(args: argparse.Namespace, pair: Any, prompts: list[Any], title: str,
                 options: dict[str, Any] | None = None,
                 limits: dict[str, int | None] | None = None) -> int:
     from shiftlens.instrument import SelfCheck, selfcheck
-    from shiftlens.report import build_report, resolve_lenses
+    from shiftlens.report.core import build_report, plan_report
+    from shiftlens.report.estimate import estimate_report
 
-    lenses = resolve_lenses(args.lenses)
+    limits = {**(limits or {}), **_limits(args.lens_prompts)}
+    plan = plan_report(prompts, lenses=args.lenses, max_prompts=args.max_prompts, limits=limits)
     command = "shiftlens " + " ".join(shlex.quote(a) for a in args._argv)
     t0 = time.perf_counter()
+    print(pair)
     if args.skip_checks:
         check = SelfCheck.skipped_on_request()
-        print("shiftlens: warning: self-check skipped (--skip-checks); the report says so",
-              file=sys.stderr)
+        print("warning: self-check skipped (--skip-checks); the report says so in red")
     else:
         check = selfcheck(pair)
         check.raise_if_failed()
-        print(check.message(), file=sys.stderr)
+        print(check.message())
+    est = None
+    if args.estimate:
+        est = estimate_report(pair, plan.prompts, lenses=plan.lenses, counts=plan.counts,
+                              options=options)
+        if est.seconds > args.estimate_threshold:
+            _say(f"shiftlens: {est.message()}", progress=args.progress)
     rep = build_report(
-        pair, prompts, args.out, lenses=lenses, max_prompts=args.max_prompts,
-        limits={**(limits or {}), **_limits(args.lens_prompts)}, title=title, seed=args.seed,
-        progress=not args.no_progress, debug=args.debug, command=command, options=options,
-        selfcheck=check,
+        pair, prompts, args.out, lenses=plan.lenses, max_prompts=args.max_prompts,
+        limits=limits, title=title, seed=args.seed, progress=args.progress, debug=args.debug,
+        command=command, options=options, selfcheck=check, log=args._log.entries,
+        estimate=est,
     )
     dt = time.perf_counter() - t0
-    print(f"\n{pair}")
+    print()
     for s in rep.sections:
         extra = f" - {s.note}" if s.status == "skipped" else ""
         print(f"  {s.name:12s} {s.status:8s} {s.seconds:6.1f} s{extra}")
@@ -90,7 +207,13 @@ def _run_report(args: argparse.Namespace, pair: Any, prompts: list[Any], title: 
         print("\nKey findings:")
         for h in rep.headlines:
             print(f"  - {h}")
+    if rep.log:
+        ours = sum(e.origin == "shiftlens" for e in rep.log)
+        print(f"\nlog: {len(rep.log)} warning(s) ({ours} from shiftlens, {len(rep.log) - ours} from "
+              "dependencies), listed in the report's Log section" +
+              ("" if args.verbose else "; --verbose prints them"))
     print(f"\nreport: {rep.html_path}  ({dt:.0f} s; metrics.json, csv/, figures/ beside it)")
+    args._report_log = True
     if rep.failed:
         print(f"shiftlens: error: lens(es) {', '.join(rep.failed)} failed; the report says why "
               f"(see {args.out}/errors/)", file=sys.stderr)
@@ -110,23 +233,23 @@ def _demo_pair(**load: Any) -> tuple[Any, list[Any], str]:
         from shiftlens.testing import tiny_pair
 
         print("note: the embedded pair (shiftlens/zoo/pair) is not installed; using a tiny "
-              "random Llama pair and the shipped prompt set instead", file=sys.stderr)
-        return tiny_pair("llama"), default_prompts(), "tiny random pair"
+              "random Llama pair and the shipped prompt set instead")
+        pair = tiny_pair("llama")
+        if load.get("names"):
+            pair.names = dict(zip(("base", "tuned"), load["names"]))
+        return pair, default_prompts(), "tiny random pair"
     return toy_pair(**load), toy_prompts(), "embedded toy pair"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.lenses == "list":
         return _print_lenses()
-    from shiftlens.report import resolve_lenses
-
-    resolve_lenses(args.lenses)  # fail fast on a bad name, before loading anything
-    _limits(args.lens_prompts)
-    pair, prompts, what = _demo_pair(**A.load_kwargs(args))
-    # the toy tasks answer in at most 6 tokens + EOS: 12 generated tokens are enough
+    _prepare(args)
+    names = _names(args.names)
+    pair, prompts, what = _demo_pair(**A.load_kwargs(args), **({"names": names} if names else {}))
     toy = what == "embedded toy pair"
     return _run_report(args, pair, prompts, f"shiftlens demo: {what}",
-                       options={"attribution_tokens": 12} if toy else None,
+                       options=dict(DEMO_OPTIONS) if toy else None,
                        limits=DEMO_LIMITS if toy else None)
 
 
@@ -134,33 +257,47 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.lenses == "list":
         return _print_lenses()
     from shiftlens import ModelPair
-    from shiftlens.report import resolve_lenses
 
-    resolve_lenses(args.lenses)
-    _limits(args.lens_prompts)
+    _prepare(args)
     base, tuned = A.model_ref(args.base), A.model_ref(args.tuned)
     prompts = A.prompts_from_args(args)
     pair = ModelPair.from_pretrained(base, tuned, **A.load_kwargs(args),
-                                     processing=args.processing)
+                                     processing=args.processing, names=_names(args.names))
     return _run_report(args, pair, prompts, args.title or "shiftlens report")
 
 
 def cmd_lenses(args: argparse.Namespace) -> int:
-    return _print_lenses()
+    return _print_lenses(check=getattr(args, "check", False))
 
 
 # ----------------------------------------------------------------------------- parser
-def _run_options(p: argparse.ArgumentParser, default_out: str) -> None:
+def _run_options(p: argparse.ArgumentParser, default_out: str,
+                 limits: dict[str, int | None]) -> None:
+    from shiftlens.report.estimate import ESTIMATE_THRESHOLD_S
+
     p.add_argument("--out", default=default_out, metavar="DIR",
                    help=f"output directory (default: {default_out})")
     p.add_argument("--lenses", default="all", metavar="LIST", help=LENS_HELP)
+    p.add_argument("--names", default=None, metavar="BASE,TUNED",
+                   help="names of the two models in the report (default: a hub id as it is, a "
+                        "local directory's name, e.g. pair/base)")
     p.add_argument("--max-prompts", type=A.positive("--max-prompts"), default=None, metavar="N",
                    help="use at most N prompts (balanced over categories)")
     p.add_argument("--lens-prompts", action="append", metavar="KEY=N",
-                   help="prompt cap of one lens (keys: attribution [12], attention [64], "
-                        "residual [16], patching [8]; 0 = no cap); repeatable")
+                   help=f"prompt cap of one lens (keys and defaults: {_caps_text(limits)}; "
+                        "0 = no cap); repeatable")
     p.add_argument("--seed", type=int, default=0, help="seed for bootstraps and solvers (0)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--progress", dest="progress", action="store_true", default=None,
+                   help="progress bars and the time estimate on stderr (default: only when "
+                        "stderr is a terminal)")
+    g.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars")
+    p.add_argument("--no-estimate", dest="estimate", action="store_false",
+                   help=f"do not time a calibration pass to estimate the run time (printed "
+                        f"before runs expected to take over {ESTIMATE_THRESHOLD_S:.0f} s)")
+    p.add_argument("--estimate-threshold", type=float, default=ESTIMATE_THRESHOLD_S,
+                   help=argparse.SUPPRESS)
     p.add_argument("--skip-checks", action="store_true",
                    help="measure even if the instrument's self-check would fail (decoding with "
                         "and without the KV cache, the embedded pair's manifest); recorded in "
@@ -174,33 +311,40 @@ def build_parser() -> argparse.ArgumentParser:
         >>> build_parser().prog
         'shiftlens'
     """
-    debug = A.debug_parent()
+    from shiftlens.report.estimate import ESTIMATE_THRESHOLD_S
+
+    common = A.debug_parent()
     p = A.Parser(
         prog="shiftlens",
         description="What did instruction tuning change inside this model? Compare a base "
                     "model with its instruction-tuned twin (Wu et al., NAACL 2024).",
-        epilog="Start with 'shiftlens demo --out shiftlens-demo' (offline, a few minutes on a "
-               "laptop CPU). Models are local Hugging Face directories, .gguf files, hub ids "
-               "(set HF_HUB_OFFLINE=1 to stay offline) or toy:base / toy:tuned (the embedded "
-               "pair). Exit codes: 0 ok, 1 internal failure, 2 bad input, 3 self-check failed "
-               "(nothing measured).",
+        epilog="Start with 'shiftlens demo --out shiftlens-demo' (offline; it prints an "
+               f"estimate first when the run will take over {ESTIMATE_THRESHOLD_S:.0f} s). "
+               "Models are local Hugging "
+               "Face directories, .gguf files, hub ids (set HF_HUB_OFFLINE=1 to stay offline) "
+               "or toy:base / toy:tuned (the embedded pair). Exit codes: 0 ok, 1 internal "
+               "failure, 2 bad input, 3 self-check failed (nothing measured).",
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--verbose", action="store_true",
+                   help="also print every warning on stderr as it is raised")
     p.add_argument("--version", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=A.Parser)
+    defaults = _default_limits()
 
-    d = sub.add_parser("demo", parents=[debug], help="the embedded pair -> HTML report",
-                       description="Analyse the embedded toy pair (a 4-layer Llama and its "
+    d = sub.add_parser("demo", parents=[common], help="the embedded pair -> HTML report",
+                       description="Analyse the embedded toy pair (a small Llama and its "
                                    "instruction-tuned twin, shipped in shiftlens/zoo) on its "
                                    "held-out prompts and write the HTML report, metrics.json "
-                                   "and CSVs into --out.")
-    _run_options(d, "shiftlens-demo")
+                                   "and CSVs into --out. Attributed responses are capped at "
+                                   f"{DEMO_OPTIONS['attribution_tokens']} tokens.")
+    _run_options(d, "shiftlens-demo", {**defaults, **DEMO_LIMITS})
     A.model_options(d, threads=1)
     d.set_defaults(func="demo")
 
     for name in ("report", "compare"):
         r = sub.add_parser(
-            name, parents=[debug],
+            name, parents=[common],
             help="base + tuned model -> HTML report" + (" (same as report)" if name == "compare" else ""),
             description="Load BASE and TUNED, run the lenses on the prompts and write the "
                         "HTML report, metrics.json and CSVs into --out.")
@@ -210,13 +354,16 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--processing", choices=("raw", "compat"), default="raw",
                        help="raw checkpoint weights (default) or TransformerLens-processed")
         r.add_argument("--title", default=None, help="report title")
-        _run_options(r, "shiftlens-report")
+        _run_options(r, "shiftlens-report", defaults)
         A.model_options(r)
         r.set_defaults(func="report")
 
-    ls = sub.add_parser("lenses", help="which lenses are available",
+    ls = sub.add_parser("lenses", parents=[common], help="which lenses are available",
                         description="List the lenses the report can run and whether each is "
-                                    "available in this installation.")
+                                    "available in this installation (judged from the source; "
+                                    "--check imports each lens).")
+    ls.add_argument("--check", action="store_true",
+                    help="import each lens to check it (slower: loads torch)")
     ls.set_defaults(func="lenses")
     # each registered lens may add its own subcommands (LensSpec.cli)
     from shiftlens.lenses import registered_lenses, resolve_ref
@@ -224,11 +371,59 @@ def build_parser() -> argparse.ArgumentParser:
     for spec in registered_lenses().values():
         if spec.cli:
             resolve_ref(spec.cli)(sub)
+    # the runner: `run` (a lens record by record: resume, shards, Ray) and `merge`; its module
+    # is argparse only (torch and the runner load when a command runs)
+    from shiftlens.runner.cli import add_commands as runner_commands
+
+    runner_commands(sub)
     return p
 
 
+#: errno values that mean the user's environment, not a bug, even without a file name.
+_ENV_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _user_paths(args: argparse.Namespace) -> list[Path]:
+    out = []
+    for k, v in vars(args).items():
+        if k.startswith("_") or not isinstance(v, str) or not v or v.startswith("toy:"):
+            continue
+        try:
+            out.append(Path(v.lstrip("@")).expanduser().resolve())
+        except (OSError, RuntimeError, ValueError):
+            continue
+    return out
+
+
+def _on_user_path(e: OSError, args: argparse.Namespace) -> bool:
+    """Whether an OSError concerns a path the user named (or the environment): bad input."""
+    files = [f for f in (e.filename, e.filename2) if f]
+    if not files:
+        return e.errno in _ENV_ERRNOS
+    user = _user_paths(args)
+    for f in files:
+        try:
+            fp = Path(os.fsdecode(f)).expanduser().resolve()
+        except (OSError, RuntimeError, ValueError, TypeError):
+            continue
+        if any(fp == u or u in fp.parents for u in user):
+            return True
+    return False
+
+
+def _os_message(e: OSError) -> str:
+    what = e.strerror or str(e)
+    files = " -> ".join(repr(os.fsdecode(f)) for f in (e.filename, e.filename2) if f)
+    return f"{what}: {files}" if files else what
+
+
+def _echo(entry: Any) -> None:
+    print(f"shiftlens: warning: {entry.line()}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI and return the exit code (0 ok, 1 internal failure, 2 bad input).
+    """Run the CLI and return the exit code (0 ok, 1 internal failure, 2 bad input, 3 failed
+    self-check).
 
     Example:
         >>> main(["--version"])  # doctest: +SKIP
@@ -255,11 +450,28 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None) and not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    if "progress" in vars(args) and args.progress is None:
+        args.progress = sys.stderr.isatty()
+    if getattr(args, "func", None) != "lenses":  # listing lenses loads no transformers
+        A.quiet_hf(progress=bool(getattr(args, "progress", False)))
+    from shiftlens.report.log import capture_warnings
+
+    with capture_warnings(echo=_echo if args.verbose else None) as log:
+        args._log = log
+        rc = _dispatch(args)
+    if not getattr(args, "_report_log", False) and len(log) and not args.verbose:
+        for entry in log.ours:
+            print(f"warning: {entry.message}")
+        if log.dependencies:
+            print(f"note: {len(log.dependencies)} warning(s) from dependencies were captured; "
+                  "--verbose prints them")
+    return rc
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     from shiftlens.errors import SelfCheckError, ShiftlensError
 
     try:
-        if getattr(args, "func", None) != "lenses":
-            A.quiet_hf()
         if getattr(args, "threads", None):
             import torch
 
@@ -284,6 +496,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("shiftlens: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        if args.debug:
+            raise
+        if _on_user_path(e, args):
+            print(f"shiftlens: error: {' '.join(_os_message(e).split())}", file=sys.stderr)
+            return 2
+        msg = " ".join(str(e).split())
+        print(f"shiftlens: internal error: {type(e).__name__}: {msg} (run with --debug for the "
+              "traceback)", file=sys.stderr)
+        return 1
     except Exception as e:  # noqa: BLE001 - one line, not a traceback, unless --debug
         if args.debug:
             raise

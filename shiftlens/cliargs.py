@@ -15,6 +15,7 @@ from typing import Any
 
 __all__ = [
     "DTYPES",
+    "FORMAT_CHOICES",
     "UsageError",
     "Parser",
     "error",
@@ -31,8 +32,12 @@ __all__ = [
     "load_kwargs",
 ]
 
-#: Weight dtypes the commands accept.
+#: Weight dtypes the commands accept (:data:`shiftlens.bridge.DTYPE_NAMES`, repeated here so
+#: that building the parser imports no torch; a test keeps them equal).
 DTYPES = ("float32", "float16", "bfloat16", "float64")
+#: Prompt-file formats ``--format`` accepts (:data:`shiftlens.formats.FORMAT_CHOICES`, repeated
+#: here so that building the parser imports no torch; a test keeps them equal).
+FORMAT_CHOICES = ("auto", "jsonl", "alpaca", "messages", "sharegpt", "hf", "csv", "tsv", "wu2024")
 
 
 class UsageError(Exception):
@@ -83,30 +88,15 @@ def dtype(name: str) -> Any:
 def device(name: str) -> str:
     """A checked device string: ``cpu``, ``cuda``, ``cuda:N`` (must exist) or ``mps``.
 
+    The check is :func:`shiftlens.bridge.resolve_device`, the one the Python API applies.
+
     Example:
         >>> device("CPU")
         'cpu'
     """
-    import torch
+    from shiftlens.bridge import resolve_device
 
-    d = name.strip().lower()
-    if d == "cpu":
-        return d
-    if d.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise error(f"device {name!r} requested but CUDA is not available (torch "
-                       f"{torch.__version__}); use --device cpu")
-        if ":" in d:
-            idx = d.split(":", 1)[1]
-            if not idx.isdigit() or int(idx) >= torch.cuda.device_count():
-                raise error(f"device {name!r}: no such CUDA device "
-                           f"({torch.cuda.device_count()} available)")
-        return d
-    if d == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise error("device 'mps' requested but it is not available; use --device cpu")
-        return d
-    raise error(f"unknown device {name!r}; use cpu, cuda, cuda:N or mps")
+    return str(resolve_device(name))
 
 
 def model_ref(ref: str) -> str:
@@ -131,8 +121,11 @@ def model_ref(ref: str) -> str:
     return ref  # a hub id
 
 
-def quiet_hf() -> None:
-    """No Hugging Face download/loading progress bars (shiftlens shows its own).
+def quiet_hf(progress: bool = False) -> None:
+    """No Hugging Face loading bars; download bars only when ``progress`` is on.
+
+    Nothing else is silenced: warnings and log records are captured and listed by the command
+    (:mod:`shiftlens.report.log`), not hidden.
 
     Example:
         >>> quiet_hf()  # doctest: +SKIP
@@ -141,13 +134,12 @@ def quiet_hf() -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
     except Exception:  # noqa: BLE001 - cosmetic
         pass
     try:
-        from huggingface_hub.utils import disable_progress_bars
+        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
-        disable_progress_bars()
+        (enable_progress_bars if progress else disable_progress_bars)()
     except Exception:  # noqa: BLE001 - cosmetic
         pass
 
@@ -212,7 +204,8 @@ def model_options(p: argparse.ArgumentParser, threads: int | None = None) -> Non
 
 
 def debug_parent() -> argparse.ArgumentParser:
-    """A parent parser adding ``--debug`` (tracebacks) to a subcommand.
+    """A parent parser adding ``--debug`` (tracebacks) and ``--verbose`` (warnings on stderr) to
+    a subcommand.
 
     Example:
         >>> Parser(prog="x", parents=[debug_parent()]).parse_args(["--debug"]).debug
@@ -221,6 +214,8 @@ def debug_parent() -> argparse.ArgumentParser:
     p = Parser(add_help=False)
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="show tracebacks and stop on the first failing lens")
+    p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="also print every warning on stderr as it is raised")
     return p
 
 
@@ -232,8 +227,6 @@ def prompt_options(p: argparse.ArgumentParser, *, required: bool = False) -> Non
         >>> q.parse_args(["--prompts", "a.json", "--format", "alpaca"]).format
         'alpaca'
     """
-    from shiftlens.formats import FORMAT_CHOICES
-
     p.add_argument("--prompts", metavar="FILE", required=required,
                    help="prompt file or dataset directory: native JSONL, Alpaca JSON/JSONL, "
                         "messages/ShareGPT conversations, CSV/TSV, a Hugging Face dataset, or "
@@ -250,12 +243,11 @@ def prompt_options(p: argparse.ArgumentParser, *, required: bool = False) -> Non
 def prompts_from_args(args: argparse.Namespace) -> list[Any]:
     """Load the prompts named by :func:`prompt_options` (the shipped set when none is given).
 
-    Prints what the loader found (format, records, skipped ones) on stderr.
+    Prints what the loader found (format, records, skipped ones) on stdout.
 
     Example:
         >>> prompts_from_args(args)  # doctest: +SKIP
     """
-    import sys
 
     from shiftlens.prompts import default_prompts, load_prompts
 
@@ -271,7 +263,7 @@ def prompts_from_args(args: argparse.Namespace) -> list[Any]:
                            on_error="skip" if args.skip_bad_records else "raise", **mapping)
     report = getattr(prompts, "report", None)
     if report is not None:
-        print(f"prompts: {report}", file=sys.stderr)
+        print(f"prompts: {report}")
     if not prompts:
         raise error(f"prompt file {args.prompts!r} holds no prompts")
     return list(prompts)

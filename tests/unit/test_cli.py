@@ -203,7 +203,7 @@ def test_report_command_writes_the_report(capsys, tiny_dirs, tmp_path):
     assert m["lenses"]["attention"]["n_prompts"] == {"instruction_attention": 3}
     assert m["n_prompts"] == 4 and m["command"].startswith("shiftlens compare ")
     assert "Key findings:" in stdout and str(out / "report.html") in stdout
-    assert (out / "report.html").read_text().count("<section") == 1
+    assert (out / "report.html").read_text().count('<section id="lens-') == 1
 
 
 @pytest.mark.slow
@@ -217,14 +217,18 @@ def test_demo_end_to_end(capsys, tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     want = {k: "ok" if ok else "skipped" for k, (ok, _) in available_lenses().items()}
     assert {k: v["status"] for k, v in m["lenses"].items()} == want
+    from shiftlens.lenses import BUILTIN_LENSES
+
+    assert set(BUILTIN_LENSES) <= set(want)  # every registered lens has a section, run or not
     html = (out / "report.html").read_text()
-    assert html.count("<section") == 4 and "Key findings" in html
+    assert html.count('<section id="lens-') == len(want) and "Key findings" in html
+    assert re.findall(r'<section id="lens-([\w-]+)"', html) == list(want)  # in report order
     if all(v == "ok" for v in want.values()):
         assert len(list((out / "figures").glob("*.png"))) >= 7
         assert html.count("CircuitsVis.render(") == 6  # 3 attention panels + 3 token rows
     if "embedded toy pair" in html:  # known truth: tuning made the heads read the instruction
         key = [f for f in m["lenses"]["attention"]["findings"] if "on the instruction" in f][0]
-        assert " rose from " in key and "; significant at 0.05" in key
+        assert " rose significantly from " in key and "; significant at 0.05" in key
         assert m["lenses"]["attention"]["n_prompts"] == {"instruction_attention": 140}
 
 
@@ -247,3 +251,42 @@ def test_attribute_under_chat_template(capsys, tiny_dirs):
     assert score == pytest.approx(want.score(), abs=1e-4)
     rows = [ln for ln in out.splitlines() if re.match(r"^\s+\d+\s+(instruction|context|template)", ln)]
     assert len(rows) == want.n_input > len(model.tokenizer(text)["input_ids"])  # template tokens
+
+
+def test_help_texts_quote_the_values_in_use(capsys):
+    """Issue 15.8: the caps and limits in --help are the ones the commands use."""
+    from shiftlens.cli import DEMO_LIMITS, DEMO_OPTIONS, _default_limits
+    from shiftlens.report.estimate import ESTIMATE_THRESHOLD_S
+
+    def caps(text):
+        return dict(re.findall(r"(\w+) \[(\d+|no cap)\]", text))
+
+    rc, out, _ = run(capsys, "demo", "--help")
+    text = " ".join(out.split())
+    want = {k: str(v) if v else "no cap" for k, v in {**_default_limits(), **DEMO_LIMITS}.items()}
+    assert rc == 0 and caps(text) == want
+    assert f"capped at {DEMO_OPTIONS['attribution_tokens']} tokens" in text
+    rc, out, _ = run(capsys, "report", "--help")
+    assert caps(" ".join(out.split())) == {k: str(v) if v else "no cap"
+                                           for k, v in _default_limits().items()}
+    rc, out, _ = run(capsys, "--help")
+    assert f"over {ESTIMATE_THRESHOLD_S:.0f} s" in " ".join(out.split())
+    assert "a few minutes" not in out
+
+
+def test_runner_commands_are_reachable(capsys):
+    """`shiftlens run` and `shiftlens merge` (shiftlens.runner.cli) are subcommands of the CLI."""
+    from shiftlens.cli import build_parser
+
+    p = build_parser()
+    args = p.parse_args(["merge", "runs/x", "--status"])
+    assert args.handler == "shiftlens.runner.cli:cmd_merge" and args.status
+    args = p.parse_args(["run", "attribution", "toy:base", "toy:tuned", "--prompts", "p.jsonl",
+                         "--out", "runs/x", "--shard", "1/4"])
+    assert args.handler == "shiftlens.runner.cli:cmd_run" and args.lens == "attribution"
+    rc, out, _ = run(capsys, "--help")
+    listed = re.findall(r"^    (\S+)", out, flags=re.M)
+    assert rc == 0 and {"run", "merge"} <= set(listed)
+    rc, out, err = run(capsys, "merge", "--help")
+    assert rc == 0 and "run directory" in out
+

@@ -37,9 +37,11 @@ def test_report_on_an_alpaca_and_a_messages_file(kind, tmp_path, capsys):
     out = tmp_path / "rep"
     rc = main(["report", "toy:base", "toy:tuned", "--prompts", str(src), "--lenses",
                "attention", "--no-progress", "--out", str(out), "--threads", "1"])
-    err = capsys.readouterr().err
+    out_text, err = capsys.readouterr()
     assert rc == 0, err
-    assert f"format {kind}" in err or kind in err  # the loader names what it found
+    # what the loader found is a finding: on stdout (stderr carries errors only)
+    loaded = [ln for ln in out_text.splitlines() if ln.startswith("prompts: ")]
+    assert len(loaded) == 1 and kind in loaded[0], out_text
     m = json.loads((out / "metrics.json").read_text())
     assert m["n_prompts"] == n and m["selfcheck"]["passed"]
     assert m["lenses"]["attention"]["status"] == "ok"
@@ -54,3 +56,13 @@ def test_bad_prompt_file_is_one_line_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith("shiftlens: error:") and "bad.jsonl" in err[-1]
     assert ":2" in err[-1] or "line 2" in err[-1]
+
+
+def test_parser_constants_equal_the_library_ones():
+    """cliargs repeats two tuples so that building the parser imports no torch; keep them equal."""
+    from shiftlens import cliargs
+    from shiftlens.bridge import DTYPE_NAMES
+    from shiftlens.formats import FORMAT_CHOICES
+
+    assert cliargs.FORMAT_CHOICES == FORMAT_CHOICES
+    assert cliargs.DTYPES == DTYPE_NAMES
