@@ -14,6 +14,7 @@ here too, below the report, so a lens never imports the report.
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -31,6 +32,7 @@ __all__ = [
     "get_lens",
     "available_lenses",
     "resolve_ref",
+    "lazy_api",
 ]
 
 _REGISTRY: dict[str, LensSpec] = {}
@@ -338,3 +340,38 @@ class ReportContext(Protocol):
     def attempt(self, sec: Section, what: str, fn: Callable[[], Any]) -> Any:
         """Run one analysis; on failure record the error in ``sec`` and return None."""
         ...
+
+
+# ============================================================================ lazy public API
+def lazy_api(package: str, api: Mapping[str, str]) -> tuple[Callable[[str], Any],
+                                                          Callable[[], list[str]]]:
+    """``__getattr__`` and ``__dir__`` for a lens package whose public names load on first use.
+
+    Importing a lens package then imports only its registry entry (``shiftlens --help`` and
+    ``shiftlens lenses`` stay light); ``package.name`` imports the module that defines ``name``
+    and caches the value in the package.
+
+    Args:
+        package: The package's ``__name__``.
+        api: Public name -> the submodule (relative to ``package``) that defines it.
+
+    Returns:
+        ``(__getattr__, __dir__)`` to bind at the package's top level.
+
+    Example:
+        >>> __getattr__, __dir__ = lazy_api("shiftlens.lenses.residual", {"similarity": "compare"})
+        >>> __getattr__("similarity").__module__
+        'shiftlens.lenses.residual.compare'
+    """
+    def __getattr__(name: str) -> Any:
+        mod = api.get(name)
+        if mod is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f"{package}.{mod}"), name)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(vars(sys.modules[package])) | set(api))
+
+    return __getattr__, __dir__
