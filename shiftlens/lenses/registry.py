@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -33,6 +33,7 @@ __all__ = [
     "available_lenses",
     "resolve_ref",
     "lazy_api",
+    "example_prompt",
 ]
 
 _REGISTRY: dict[str, LensSpec] = {}
@@ -375,3 +376,30 @@ def lazy_api(package: str, api: Mapping[str, str]) -> tuple[Callable[[str], Any]
         return sorted(set(vars(sys.modules[package])) | set(api))
 
     return __getattr__, __dir__
+
+
+def example_prompt(prompts: Sequence[Any], pair: Any) -> Any:
+    """The prompt a section shows in detail: the shortest (with its reference response) that has
+    instruction tokens, so that the page stays light; the first prompt if none has any.
+
+    Args:
+        prompts: The section's prompts.
+        pair: The :class:`shiftlens.ModelPair` that tokenizes them.
+
+    Returns:
+        One of ``prompts``, or None when there are none.
+
+    Example:
+        >>> example_prompt(ctx.prompts_for("attribution"), ctx.pair)  # doctest: +SKIP
+        InstructionPrompt(id='reverse-0', ...)
+    """
+    best, best_n = None, None
+    for p in prompts:
+        try:
+            tp = pair.tokenize(p, response=p.reference or None)
+        except Exception:  # noqa: BLE001 - e.g. too long; try the next
+            continue
+        n = int(tp.tokens.shape[0])
+        if bool(tp.mask("instruction").any()) and (best_n is None or n < best_n):
+            best, best_n = p, n
+    return best if best is not None else (prompts[0] if prompts else None)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from shiftlens.lenses.registry import Finding, Section
+from shiftlens.lenses.registry import Finding, Section, example_prompt
 from shiftlens.stats import digits_for, fmt_number, test_label
 
 __all__ = ["section", "examples"]
@@ -30,19 +30,6 @@ def _lens() -> Any:
     # the public API through the package, so that tests can replace a function there
     return importlib.import_module("shiftlens.lenses.attention")
 
-
-def _example_prompt(prompts: list[Any], pair: Any) -> Any:
-    """The shortest prompt (with its reference) that has instruction tokens: a light page."""
-    best, best_n = None, None
-    for p in prompts:
-        try:
-            tp = pair.tokenize(p, response=p.reference or None)
-        except Exception:  # noqa: BLE001 - e.g. too long; try the next
-            continue
-        n = int(tp.tokens.shape[0])
-        if bool(tp.mask("instruction").any()) and (best_n is None or n < best_n):
-            best, best_n = p, n
-    return best if best is not None else (prompts[0] if prompts else None)
 
 
 def _headline(s: dict[str, Any]) -> tuple[str, str]:
@@ -106,7 +93,7 @@ def _pattern_view(ctx: Any, sec: Section, res: Any, prompts: list[Any]) -> None:
     from shiftlens.viz.circuits import attention_patterns
 
     pair = ctx.pair
-    p = _example_prompt(prompts, pair)
+    p = example_prompt(prompts, pair)
     if p is None:
         return
     tests = res.tests

@@ -18,7 +18,7 @@ from typing import Any
 
 from shiftlens.generate import DEFAULT_MAX_NEW_TOKENS
 from shiftlens.lenses.attribution.results import left_out_sentence
-from shiftlens.lenses.registry import Finding, Section
+from shiftlens.lenses.registry import Finding, Section, example_prompt
 from shiftlens.stats import change_sentence, fmt_number
 
 __all__ = ["section", "examples"]
@@ -26,19 +26,6 @@ __all__ = ["section", "examples"]
 _WHAT = ("the instruction score (how much the response rests on the instruction: importance "
          "density of the instruction tokens, Wu et al. §3)")
 
-
-def _example_prompt(prompts: list[Any], pair: Any) -> Any:
-    """The shortest prompt (with its reference) that has instruction tokens: a light view."""
-    best, best_n = None, None
-    for p in prompts:
-        try:
-            tp = pair.tokenize(p, response=p.reference or None)
-        except Exception:  # noqa: BLE001 - e.g. too long; try the next
-            continue
-        n = int(tp.tokens.shape[0])
-        if bool(tp.mask("instruction").any()) and (best_n is None or n < best_n):
-            best, best_n = p, n
-    return best if best is not None else (prompts[0] if prompts else None)
 
 
 _SETTING = {"reference": "With the same reference response for both models",
@@ -142,7 +129,7 @@ def section(ctx: Any, sec: Section) -> None:
             ctx.figure(sec, instruction_score_figure(res), "instruction_score", text, key=head)
         else:
             sec.findings.append(Finding(summary["sentence"], "", summary["sentence"]))
-    p = _example_prompt(ps, pair)
+    p = example_prompt(ps, pair)
     if p is None:
         return
 
