@@ -131,10 +131,11 @@ def _print_lenses(check: bool = False) -> int:
             why = next((w for w in (_defined_statically(r) for r in (spec.section, *spec.requires))
                         if w), None)
             av[name] = (why is None, why or "available")
+    w = max((len(n) for n in specs), default=0)  # one column for the names
     for name, spec in specs.items():
         ok, why = av[name]
-        print(f"{name:12s} {'available' if ok else 'NOT AVAILABLE'}  {spec.title}"
-              + ("" if ok else f"\n{'':12s} ({why})"))
+        print(f"{name:{w}s}  {'available' if ok else 'NOT AVAILABLE'}  {spec.title}"
+              + ("" if ok else f"\n{'':{w}s}  ({why})"))
     if not check:
         print("(judged from the source without importing; 'shiftlens lenses --check' imports "
               "each lens)")

@@ -51,6 +51,10 @@ def test_lenses_listing_without_import_agrees_with_the_import_check(capsys):
     checked = capsys.readouterr().out
     line = re.compile(r"^(\w+)\s+(available|NOT AVAILABLE)", flags=re.M)
     assert line.findall(quick) == line.findall(checked)
+    from shiftlens.lenses import registered_lenses
+
+    assert [n for n, _ in line.findall(quick)] == list(registered_lenses())  # every lens, once
+    assert len({m.start(2) - m.start() for m in line.finditer(quick)}) == 1  # one column
     assert "judged from the source" in quick and "judged" not in checked
 
 
