@@ -18,7 +18,7 @@ from torch import Tensor
 
 from shiftlens.bridge import device_of
 
-__all__ = ["BLOCK_ORDER", "nonfinite_at", "locate_nonfinite", "describe_site"]
+__all__ = ["BLOCK_ORDER", "nonfinite_at", "locate_nonfinite", "describe_site", "where_nonfinite"]
 
 #: The hooks of one block in the order a forward pass computes them.
 BLOCK_ORDER = ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post")
@@ -101,3 +101,33 @@ def describe_site(name: str, layer: int) -> str:
     if name == "hook_embed":
         return "hook_embed (the input embedding)"
     return f"{name} (layer {layer})"
+
+
+def where_nonfinite(model: Any, tokens: Int[Tensor, " pos"], *, finite: str = "") -> str:
+    """The clause an error adds about where ``model`` turns non-finite on ``tokens``.
+
+    Runs :func:`locate_nonfinite`; a failure of the diagnosis is said, never raised (it must
+    not hide the finding).
+
+    Args:
+        model: A TransformerBridge.
+        tokens: One sequence ``[pos]``.
+        finite: What to say when the forward pass is finite ("" for nothing).
+
+    Returns:
+        ``"; the forward pass first becomes non-finite at <site>, position <p>"``, ``finite``
+        or ``"; locating it failed (...)"``.
+
+    Example:
+        >>> where_nonfinite(pair.tuned, tp.tokens)  # doctest: +SKIP
+        '; the forward pass first becomes non-finite at blocks.1.hook_mlp_out (layer 1), position 0'
+    """
+    try:
+        where = locate_nonfinite(model, tokens)
+    except Exception as e:  # noqa: BLE001 - the diagnosis must not hide the finding
+        return f"; locating it failed ({type(e).__name__}: {e})"
+    if where is None:
+        return finite
+    name, layer, pos = where
+    return (f"; the forward pass first becomes non-finite at {describe_site(name, layer)}, "
+            f"position {pos}")

@@ -60,7 +60,7 @@ from tqdm.auto import tqdm
 from shiftlens.bridge import check_finite_weights, device_of
 from shiftlens.bridge import model_name as _name
 from shiftlens.checks import check_choice, check_int
-from shiftlens.diagnose import describe_site, locate_nonfinite
+from shiftlens.diagnose import locate_nonfinite, where_nonfinite
 from shiftlens.errors import ShiftlensError, ShiftlensWarning
 from shiftlens.generate import DEFAULT_MAX_NEW_TOKENS, greedy
 from shiftlens.lenses.attribution.results import AttributionResult
@@ -137,17 +137,8 @@ def check_model(model: Any, who: str = "") -> None:
 def _nonfinite_error(model: Any, tokens: Tensor, label: str, what: str) -> ShiftlensError:
     """The error for a non-finite attribution: prompt and model (``label``), where the forward
     pass first turns non-finite (hook, layer, position) and which weights are non-finite."""
-    msg = f"{label}: {what}"
-    try:
-        where = locate_nonfinite(model, tokens)
-    except Exception as e:  # noqa: BLE001 - the diagnosis must not hide the finding
-        where, msg = None, msg + f"; locating it failed ({type(e).__name__}: {e})"
-    if where is not None:
-        name, layer, pos = where
-        msg += (f"; the forward pass first becomes non-finite at {describe_site(name, layer)}, "
-                f"position {pos}")
-    else:
-        msg += "; the forward pass is finite, so the gradients overflowed"
+    msg = f"{label}: {what}" + where_nonfinite(
+        model, tokens, finite="; the forward pass is finite, so the gradients overflowed")
     try:
         check_finite_weights(model, name=_name(model))
         dtype = next(iter(model.parameters())).dtype

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from shiftlens.bridge import check_finite_weights
 from shiftlens.checks import check_int, check_layers, check_prompts
-from shiftlens.diagnose import describe_site, locate_nonfinite, nonfinite_at
+from shiftlens.diagnose import nonfinite_at, where_nonfinite
 from shiftlens.errors import ShiftlensError
 from shiftlens.prompts import InstructionPrompt, TokenizedPrompt
 
@@ -167,14 +167,7 @@ def nonfinite_error(pair: Any, err: NonFinite) -> ShiftlensError:
     msg = (f"{err.role} model {pair.names[err.role]!r}: {err.count} non-finite value(s) in "
            f"{err.what} for prompt {err.pid!r} (first at position {err.position})")
     if err.tokens is not None:
-        try:
-            where = locate_nonfinite(model, err.tokens)
-        except Exception as e:  # noqa: BLE001 - the diagnosis must not hide the finding
-            where, msg = None, msg + f"; locating it failed ({type(e).__name__}: {e})"
-        if where is not None:
-            name, layer, pos = where
-            msg += (f"; the forward pass first becomes non-finite at "
-                    f"{describe_site(name, layer)}, position {pos}")
+        msg += where_nonfinite(model, err.tokens)
     try:
         check_finite_weights(model, name=pair.names[err.role])
         msg += (f"; its weights are all finite, so an activation overflowed "
