@@ -162,3 +162,13 @@ def test_crosscoder_doctests(name):
     res = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert res.attempted > 0, f"{name}: no runnable examples found"
     assert res.failed == 0, f"{res.failed} doctest failures in {name}"
+
+
+def test_diff_refuses_an_earlier_run_before_capturing(tmp_path):
+    from shiftlens.lenses.crosscoder.compare import crosscoder_diff
+
+    src = InMemoryActivations(torch.randn(256, 2, 4))
+    cfg = CrosscoderConfig(n_latents=8, k=2, steps=4, batch_size=32, checkpoint_every=2)
+    train_crosscoder(src, cfg, out_dir=tmp_path, stop_at=2, progress=False)
+    with pytest.raises(ShiftlensError, match="holds checkpoints of an earlier run"):
+        crosscoder_diff(None, ["never captured"], 0, out_dir=tmp_path, progress=False)

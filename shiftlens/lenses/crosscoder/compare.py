@@ -488,9 +488,14 @@ def crosscoder_diff(
         >>> print(res.summary()["sentence"])  # doctest: +SKIP
     """
     from shiftlens.lenses.crosscoder.store import ActivationStore, collect_activations
-    from shiftlens.lenses.crosscoder.train import train_crosscoder
+    from shiftlens.lenses.crosscoder.train import latest_checkpoint, train_crosscoder
 
     cfg = config or CrosscoderConfig()
+    if out_dir is not None and not resume and latest_checkpoint(out_dir) is not None:
+        # refused before the (long) capture, not after it
+        raise ShiftlensError(f"{str(out_dir)!r} holds checkpoints of an earlier run; pass "
+                             "resume=True (--resume) to continue it, or choose another "
+                             "directory")
     tmp = None
     if out_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="shiftlens-crosscoder-")
