@@ -20,10 +20,7 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
-from shiftlens.lenses.registry import LensSpec, register_lens
+from shiftlens.lenses.registry import LensSpec, lazy_api, register_lens
 
 _PKG = "shiftlens.lenses.weight_delta"
 
@@ -54,14 +51,4 @@ _API: dict[str, str] = {
 __all__ = ["SPEC", *_API]
 
 
-def __getattr__(name: str) -> Any:
-    mod = _API.get(name)
-    if mod is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{mod}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_API))
+__getattr__, __dir__ = lazy_api(__name__, _API)
