@@ -72,10 +72,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     params = parse_params(args.param)
     base, tuned = A.model_ref(args.base), A.model_ref(args.tuned)
-    if not Path(args.prompts).is_file():
+    if not Path(args.prompts).exists():
         raise A.error(f"prompt file {args.prompts!r} does not exist")
+    prompts = A.prompts_from_args(args)  # any format load_prompts reads (--format, --column)
     summary = run_lens(
-        args.lens, (base, tuned), args.prompts, args.out, params=params, resume=args.resume,
+        args.lens, (base, tuned), prompts, args.out, params=params, resume=args.resume,
         shard=args.shard, executor=args.executor, workers=args.workers,
         gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
         max_restarts=args.max_restarts, ray_address=args.ray_address,
@@ -143,8 +144,7 @@ def add_commands(sub: Any) -> None:
                         "with several, e.g. residual.output_shift), or module:object")
     r.add_argument("base", metavar="BASE", help="the pre-trained model (path, hub id, .gguf)")
     r.add_argument("tuned", metavar="TUNED", help="its instruction-tuned twin")
-    r.add_argument("--prompts", required=True, metavar="FILE",
-                   help="prompt file (JSONL or any format load_prompts reads)")
+    A.prompt_options(r, required=True)
     r.add_argument("--out", required=True, metavar="DIR", help="the run directory")
     r.add_argument("--param", action="append", metavar="KEY=VALUE",
                    help="a lens parameter (VALUE read as JSON, else text), e.g. "

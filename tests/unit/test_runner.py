@@ -306,3 +306,28 @@ def test_cli_bad_input_exit_2(main, dirs, prompts, tmp_path, capsys, extra, msg)
     assert main([*argv, *extra]) == 2
     err = capsys.readouterr().err
     assert msg in err and err.startswith("shiftlens: error:") and "Traceback" not in err
+
+
+def test_cli_run_reads_any_prompt_format(main, dirs, tmp_path, capsys):
+    """``shiftlens run --prompts FILE --format alpaca`` (issue 16): the records are those of the
+    prompts load_prompts reads from the file, computed in memory for comparison."""
+    import json as _json
+
+    from shiftlens.prompts import load_prompts
+
+    recs = [{"instruction": "Reverse the words.", "input": "red blue green",
+             "output": "green blue red"},
+            {"instruction": "Count the words.", "input": "", "output": "two"},
+            {"instruction": "Sort the words.", "input": "b a", "output": "a b"}]
+    f = tmp_path / "alpaca.json"
+    f.write_text(_json.dumps(recs), encoding="utf-8")
+    run = str(tmp_path / "run")
+    assert main(["run", "runner_synth:SYNTH", dirs[0], dirs[1], "--prompts", str(f),
+                 "--format", "alpaca", "--out", run, "--param", "scale=0.5",
+                 "--no-progress"]) == 0
+    assert "alpaca" in capsys.readouterr().out  # the loader says what it read
+    want = token_stats(ModelPair.from_pretrained(*dirs), list(load_prompts(f, format="alpaca")),
+                       scale=0.5)
+    assert load_run(run).differences(want) == []
+    assert main(["run", "runner_synth:SYNTH", dirs[0], dirs[1], "--prompts", str(f),
+                 "--format", "messages", "--out", str(tmp_path / "r2")]) == 2
