@@ -166,6 +166,36 @@ def test_report_renders_offline(chromium, llama_pair, tmp_path):
     assert re.search(r'<img class="sl-fig" src="data:image/png;base64,', dom)
 
 
+#: Widths the report must read at (issue 15): a laptop window and a narrow one (one column).
+WIDTHS = (1400, 800)
+_WIDTH_PROBE = ("<script>window.addEventListener('load', () => setTimeout(() => {"
+                "document.title = 'sl-width ' + document.documentElement.scrollWidth + ' ' + "
+                "window.innerWidth; }, 500));</script>")
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_report_fits_the_window(chromium, llama_pair, tmp_path, width):
+    """The report at 1400 and 800 px: a screenshot that is not blank, and no horizontal
+    scrolling (the page is no wider than the window; figures and tables wrap or shrink)."""
+    from shiftlens.report import build_report
+
+    rep = build_report(llama_pair, [SHORT, *default_prompts()[:3]], tmp_path / "report",
+                       lenses="attention,ffn", progress=False,
+                       options={"concept_k": 8, "rotation_k": 4, "verb_words": 300})
+    img = screenshot(chromium, rep.html_path, tmp_path / f"report-{width}.png",
+                     size=f"{width},2000")
+    assert img.shape[1] == width
+    assert_not_blank(img)
+    probe = rep.html_path.with_name("probe.html")
+    probe.write_text(rep.html_path.read_text().replace("</body>", _WIDTH_PROBE + "</body>"))
+    dom = _chrome(chromium, probe.parent, f"--window-size={width},2000",
+                  "--virtual-time-budget=8000", "--dump-dom", probe.resolve().as_uri())
+    got = re.search(r"<title>sl-width (\d+) (\d+)</title>", dom.stdout.decode(errors="replace"))
+    assert got, dom.stderr.decode(errors="replace")[-2000:]
+    page_w, window_w = map(int, got.groups())
+    assert window_w == width and page_w <= window_w, f"page {page_w} px wide in a {width} px window"
+
+
 def test_token_colours_render_and_missing_bundle_is_detected(chromium, tmp_path):
     vis = token_rows(["Sort", " the", " words", "</s>"], {"density": [1.0, 0.1, 0.6, 0.0]})
     good = vis.save(tmp_path / "tokens.html")
