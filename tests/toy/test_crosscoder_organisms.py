@@ -3,10 +3,11 @@ was fine-tuned for, and stay silent on the control (base vs a copy trained on sh
 
 Setting (docs/crosscoder.md, "Organisms"): layer 3 (the last) of the 4-layer embedded pair,
 ``resid_post``, 64 held-out neutral texts (about 3,100 token positions, none of them an
-organism's known token), 256 latents, k = 8, 800 steps of 256 rows. On this 128-wide toy pair the
+organism's known token), 128 latents, k = 8, 800 steps of 256 rows. On this 128-wide toy pair the
 fine-tunings hardly make a latent *exclusive* to the tuned model: with Minder et al.'s thresholds
-(Δ >= 0.9, ν < 0.3) no latent of the topic organism is tuned-only; its largest Δ is 0.87 and its
-moon latent keeps ν_r = 0.64 (the base reconstructs part of the direction through other latents).
+(Δ >= 0.9, ν < 0.3) no latent of the topic organism is tuned-only (with 256 latents its largest Δ
+was 0.87 and its moon latent kept ν_r = 0.64: the base reconstructs part of the direction
+through other latents).
 The test therefore uses the relaxed :data:`SMALL_PAIR` thresholds (Δ >= 0.8, ν < 1: the tuned
 model's own fit must exceed the base's). Pass: ``organism_score >= 0.5`` (for topic, one of its 2
 known tokens in the top 20: chance 0.048); silent: ``<= 0.10`` on the control.
@@ -25,7 +26,7 @@ from shiftlens.zoo.organisms import CONTROL, neutral_texts, organism_pair, organ
 PASS, SILENT = 0.5, 0.10
 LAYER = 3
 SMALL_PAIR = LatentThresholds(outer=0.2, shared_band=0.1, nu_max=1.0)
-CONFIG = CrosscoderConfig(n_latents=256, k=8, steps=800, batch_size=256, lr=2e-3,
+CONFIG = CrosscoderConfig(n_latents=128, k=8, steps=800, batch_size=256, lr=2e-3,
                           warmup_steps=20, dead_steps=50, checkpoint_every=0, log_every=50)
 
 
