@@ -6,6 +6,8 @@ lens's ``examples`` function on a tiny Llama pair.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 import shiftlens
@@ -53,6 +55,8 @@ def test_every_result_keeps_the_contract(spec, examples, tmp_path):
         # the summary has a sentence
         s = r.summary()
         assert isinstance(s.get("sentence"), str) and len(s["sentence"]) > 20, name
+        # ...in words: no Python container or tensor repr inside it
+        assert not re.search(r"\['|\[\"|\{'|tensor\(|array\(", s["sentence"]), (name, s["sentence"])
         # show writes a non-empty file and returns the figure
         fig = r.show(tmp_path / f"{name}.png")
         assert (tmp_path / f"{name}.png").stat().st_size > 1000

@@ -27,10 +27,7 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
-from shiftlens.lenses.registry import LensSpec, register_lens
+from shiftlens.lenses.registry import LensSpec, lazy_api, register_lens
 
 _PKG = "shiftlens.lenses.crosscoder"
 
@@ -69,12 +66,4 @@ _API: dict[str, str] = {
 __all__ = ["SPEC", *_API]
 
 
-def __getattr__(name: str) -> Any:  # the lens's public API, loaded on first use
-    mod = _API.get(name)
-    if mod is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{_PKG}.{mod}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_API))
+__getattr__, __dir__ = lazy_api(__name__, _API)

@@ -193,14 +193,14 @@ class CrosscoderResult(Result):
         s += (f" ({rejected} norm-based candidate{'s' if rejected != 1 else ''} rejected by "
               "Latent Scaling)." if rejected else ".")
         if tuned:
-            shown = "; ".join(f"latent {t['latent']}: {t['tokens'].split(' | ')[:4]}"
+            shown = "; ".join(f"latent {t['latent']}: {token_list(t['tokens'].split(' | ')[:4])}"
                               for t in tuned[:3])
             s += f" Tuned-only latents write: {shown}."
         else:
             s += (" No latent is tuned-only: the fine-tuning shows as changed decoders of shared "
                   "latents (median decoder cosine "
                   f"{float(df.cos_dec[df.cls != 'dead'].median()):.2f}); the most changed ones "
-                  f"raise {words(changed[:5])}.")
+                  f"raise {token_list(words(changed[:5]))}.")
         return {
             "models": self.model_names, "counts": counts, "rejected": rejected, "fvu": fvu,
             "l0": self.meta.get("l0"), "n_rows": self.meta.get("n_rows"), "tuned_only": tuned,
@@ -251,3 +251,15 @@ class CrosscoderResult(Result):
                 if not lat <= cls:
                     raise ShiftlensError(f"CrosscoderResult.{what} lists {kind} latents "
                                          f"{sorted(lat - cls)[:5]} not classified so")
+
+
+def token_list(tokens: list[str]) -> str:
+    """Tokens for a sentence: each quoted as :func:`shiftlens.tokens.display_token` shows it.
+
+    Example:
+        >>> token_list([" moon", "moons", "\\n"])
+        "' moon', 'moons', '⏎'"
+    """
+    from shiftlens.tokens import display_token
+
+    return ", ".join(f"'{display_token(t)}'" for t in tokens)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from shiftlens.lenses.crosscoder.results import token_list
 from shiftlens.lenses.registry import Section
 
 __all__ = ["section", "examples", "report_config"]
@@ -66,9 +67,9 @@ def section(ctx: Any, sec: Section) -> None:
         ctx.csv(sec, res.tokens, "crosscoder_tokens")
         n_t = s["counts"]["tuned_only"]
         key = (f"Crosscoder (blocks.{layer}.hook_{hook}): {n_t} tuned-only latent"
-               f"{'s' if n_t != 1 else ''}" + (f", raising {s['top_tokens'][:5]}" if n_t else
+               f"{'s' if n_t != 1 else ''}" + (f", raising {token_list(s['top_tokens'][:5])}" if n_t else
                                                  f"; most changed decoders raise "
-                                                 f"{s['changed_tokens'][:5]}") + ".")
+                                                 f"{token_list(s['changed_tokens'][:5])}") + ".")
         ctx.figure(sec, res.show(), "crosscoder", s["sentence"], key=key)
 
     ctx.attempt(sec, "crosscoder", run)
