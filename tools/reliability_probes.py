@@ -506,7 +506,7 @@ def nan_attribution(ctx: Ctx):
 
 
 @probe(3, "lens activation_difference: `activation_difference` with the same NaN",
-       "(none found)", expect="error")
+       "tests/unit/test_reliability_probes.py::test_probe_gets_what_it_documents[nan_activation_difference]", expect="error")
 def nan_activation_difference(ctx: Ctx):
     from shiftlens.lenses.activation_difference import activation_difference
 
@@ -516,12 +516,9 @@ def nan_activation_difference(ctx: Ctx):
                                  progress=False)
 
 
-WD_OPEN = ("a ShiftlensError naming the model and the non-finite weight (torch's SVD fails on "
-           "it; issue 14 point 3, lens weight_delta)")
-
-
 @probe(3, "lens weight_delta: `weight_delta(base_dir, tuned_dir)`, one NaN in the tuned "
-          "checkpoint file's layer-1 down_proj", "(none found)", open=WD_OPEN)
+          "checkpoint file's layer-1 down_proj",
+       "tests/unit/test_reliability_probes.py::test_probe_gets_what_it_documents[nan_weight_delta_files]")
 def nan_weight_delta_files(ctx: Ctx):
     from shiftlens.lenses.weight_delta import weight_delta
 
@@ -533,16 +530,15 @@ def nan_weight_delta_files(ctx: Ctx):
 
 
 @probe(3, "lens weight_delta: `weight_delta(pair, from_files=False)` with the in-memory NaN",
-       "(none found)", open=WD_OPEN)
+       "tests/unit/test_reliability_probes.py::test_probe_gets_what_it_documents[nan_weight_delta_memory]")
 def nan_weight_delta_memory(ctx: Ctx):
     from shiftlens.lenses.weight_delta import weight_delta
 
     return weight_delta(ctx.poisoned(), r=2, n_tokens=5, from_files=False, progress=False)
 
 
-@probe(3, "lens amplification: `amplification` with the same NaN", "(none found)",
-       open="an error naming the model (base + a (tuned - base) is NaN for every a: the greedy "
-            "responses are argmax over NaN logits)")
+@probe(3, "lens amplification: `amplification` with the same NaN",
+       "tests/unit/test_reliability_probes.py::test_probe_gets_what_it_documents[nan_amplification]")
 def nan_amplification(ctx: Ctx) -> str:
     from shiftlens.lenses.amplification import amplification
 
@@ -553,7 +549,8 @@ def nan_amplification(ctx: Ctx) -> str:
             f"id in {{{', '.join(ids)}}}, no warning")
 
 
-@probe(3, "lens crosscoder: `crosscoder_diff` at layer 1 with the same NaN", "(none found)",
+@probe(3, "lens crosscoder: `crosscoder_diff` at layer 1 with the same NaN",
+       "tests/unit/test_reliability_probes.py::test_probe_gets_what_it_documents[nan_crosscoder]",
        expect="error")
 def nan_crosscoder(ctx: Ctx):
     from shiftlens.lenses.crosscoder import CrosscoderConfig, crosscoder_diff

@@ -80,7 +80,10 @@ def test_covering_tests_exist():
         path, _, name = p.test.partition("::")
         f = ROOT / path
         assert f.is_file(), p.test
+        name, _, param = name.partition("[")  # a parametrized test: its case is this probe's
         assert re.search(rf"^def {re.escape(name)}\(", f.read_text(), re.M), p.test
+        if param:
+            assert param.rstrip("]") in {q.name for q in R.PROBES}, p.test
 
 
 def test_docs_table_is_the_scripts_last_output():

@@ -28,7 +28,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from shiftlens.bridge import check_finite_weights
 from shiftlens.checks import check_int, check_layer, check_layers
+from shiftlens.diagnose import where_nonfinite
 from shiftlens.errors import ShiftlensError
 from shiftlens.lenses.activation_difference.common import (
     batches,
@@ -207,6 +209,24 @@ def _validate(pair: Any, texts: Any, layers: Any, lens_layer: Any, n_positions: 
 
 
 # ====================================================================== accumulate
+def _nonfinite_error(pair: Any, role: str, h: Tensor, chunk: Sequence[int],
+                     plan: _Plan) -> ShiftlensError:
+    """The error for non-finite residuals ``h [batch, layer, pos, d]``: which text, layer and
+    position first, where the forward pass turns non-finite and whether weights are to blame."""
+    b, li, pos = (int(i) for i in torch.nonzero(~torch.isfinite(h))[0][:3])
+    text = chunk[b]
+    model = pair.base if role == "base" else pair.tuned
+    msg = (f"{role} model {pair.names[role]!r}: non-finite residual on text {text} (of the "
+           f"texts long enough), layer {plan.layers[li]}, position {plan.start + pos}"
+           + where_nonfinite(model, plan.rows[text]))
+    try:
+        check_finite_weights(model, name=pair.names[role])
+        msg += "; its weights are all finite, so an activation overflowed: try float32 or bfloat16"
+    except ShiftlensError as e:
+        msg += f"; {e}"
+    return ShiftlensError(msg + ". No activation difference is computed over non-finite values.")
+
+
 def _accumulate(pair: Any, plan: _Plan, n_boot: int, batch_size: int, seed: int,
                 progress: bool) -> _Sums:
     d_model, n_l, n_p = int(pair.cfg.d_model), len(plan.layers), plan.n_positions
@@ -223,8 +243,7 @@ def _accumulate(pair: Any, plan: _Plan, n_boot: int, batch_size: int, seed: int,
              for role, model in pair}
         for r, role in enumerate(ROLES):
             if not bool(torch.isfinite(h[role]).all()):
-                raise ShiftlensError(f"{role} model {pair.names[role]!r}: non-finite residuals "
-                                     f"on texts {chunk[0]}..{chunk[-1]}; try float32")
+                raise _nonfinite_error(pair, role, h[role], chunk, plan)
             sums.norm[r] += h[role].norm(dim=-1).sum(0)
         diff = h["tuned"] - h["base"]  # [batch, layer, pos, d]
         sums.diff += diff.sum(0)

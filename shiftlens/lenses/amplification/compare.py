@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from shiftlens.bridge import check_finite_weights
 from shiftlens.checks import check_int
 from shiftlens.errors import ShiftlensError
 from shiftlens.lenses.amplification.core import amplified_generations
@@ -30,6 +31,10 @@ def _check_pair(pair: Any) -> None:
         if not hasattr(pair, attr):
             raise ShiftlensError(f"expected a shiftlens.ModelPair, got {type(pair).__name__}")
     pair.check_compatible(weights=False)
+    # base + a (tuned - base) is NaN for every a once one weight is: refuse, naming the tensor
+    # (greedy decoding would otherwise take the argmax of NaN logits without a word)
+    for role in ("base", "tuned"):
+        check_finite_weights(getattr(pair, role), name=pair.names[role])
 
 
 def _prompt_tokens(pair: Any, prompts: Any) -> list[torch.Tensor]:

@@ -138,11 +138,19 @@ class WeightReader:
         if self._files is not None:
             if name not in self._files:
                 raise ShiftlensError(f"{self.name}: the checkpoint has no tensor {name!r}")
-            return self._files.read(name).double()
-        assert self._params is not None
-        if name not in self._params:
-            raise ShiftlensError(f"{self.name}: the model has no parameter {name!r}")
-        return self._params[name].detach().double().cpu()
+            w = self._files.read(name).double()
+        else:
+            assert self._params is not None
+            if name not in self._params:
+                raise ShiftlensError(f"{self.name}: the model has no parameter {name!r}")
+            w = self._params[name].detach().double().cpu()
+        bad = ~torch.isfinite(w)
+        if bool(bad.any()):
+            first = tuple(int(i) for i in torch.nonzero(bad)[0])
+            raise ShiftlensError(
+                f"{self.name}: weight {name!r} holds {int(bad.sum())} non-finite value(s) (first "
+                f"at {first}); no weight delta is computed from non-finite weights")
+        return w
 
     def _module(self, name: str) -> Any:
         path = name.rsplit(".", 1)[0]
