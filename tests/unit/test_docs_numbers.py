@@ -1,0 +1,119 @@
+"""The numbers the docs quote equal docs/numbers.json, which tools/regen_docs.py writes from a run.
+
+Fast (no model): every ``<!-- n:KEY|FMT -->...<!-- /n -->`` marker in README.md and docs/*.md
+names a key of docs/numbers.json and shows exactly its formatted value; every
+``<!-- generated:NAME -->`` block equals numbers.json's block; no marker is unknown or unclosed.
+
+Slow (opt-in): ``SHIFTLENS_DOCS_RUN=DIR`` names a ``shiftlens demo`` output directory (e.g. one
+``tools/regen_docs.py --out DIR`` kept); the deterministic ``values`` of numbers.json must equal
+what that run gives. The suite's own demo run (``tests/unit/test_cli.py::test_demo_end_to_end``)
+writes into a per-test temporary directory that this test cannot reach, and a second demo run
+costs minutes, so without the variable this part is skipped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location("regen_docs", ROOT / "tools" / "regen_docs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+regen = _load_tool()
+
+
+@pytest.fixture(scope="module")
+def numbers():
+    return regen.read_numbers()
+
+
+def test_numbers_json_shape(numbers):
+    assert numbers["generated_by"] == "tools/regen_docs.py"
+    assert {"values", "measured", "blocks"} <= set(numbers)
+    assert any(k.startswith("demo.") for k in numbers["values"])
+    assert any(k.startswith("zoo.") for k in numbers["values"])
+
+
+def test_docs_agree_with_numbers_json(numbers):
+    bad = regen.problems(numbers)
+    assert not bad, "run `python tools/regen_docs.py` (or fix the marker):\n" + "\n".join(bad)
+
+
+def test_docs_carry_markers(numbers):
+    """The pages that quote the demo and the manifest are marked, and every block is used."""
+    texts = {p.name: p.read_text(encoding="utf-8") for p in regen.doc_files()}
+    for page in ("report.md", "zoo.md", "reproducibility.md", "cli.md", "attribution.md"):
+        assert "<!-- n:" in texts[page] or "<!-- generated:" in texts[page], page
+    used = {name for t in texts.values() for name, _ in regen.blocks(t)}
+    for name in ("demo-key-findings", "demo-lens-times", "zoo-evaluation", "generate-benchmark",
+                 "demo-cli-output"):
+        assert name in used and name in numbers["blocks"], name
+
+
+def test_rendering_is_idempotent(numbers):
+    for path in regen.doc_files():
+        text = path.read_text(encoding="utf-8")
+        assert regen.render(text, numbers) == text, path.name
+
+
+def test_problems_catch_drift(tmp_path):
+    """A wrong, unknown, badly formatted or unclosed marker and a stale block are all reported."""
+    nums = {"values": {"a.b": 0.18123, "c": 3, "t": "x"}, "measured": {"s": 21.4},
+            "blocks": {"tbl": "| a |\n|---|"}}
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "README.md").write_text(
+        "ok <!-- n:a.b|.3f -->0.181<!-- /n --> <!-- n:measured.s|.0f -->21<!-- /n --> "
+        "<!-- n:t -->x<!-- /n -->\n<!-- generated:tbl -->\n| a |\n|---|\n<!-- /generated -->\n")
+    assert regen.problems(nums, tmp_path) == []
+    (tmp_path / "docs" / "p.md").write_text(
+        "<!-- n:a.b|.3f -->0.191<!-- /n --> <!-- n:zz|.3f -->1<!-- /n --> "
+        "<!-- n:t|.3f -->x<!-- /n --> <!-- n:c|d -->3\n"
+        "<!-- generated:tbl -->\n| b |\n<!-- /generated -->\n"
+        "<!-- generated:nope -->\nx\n<!-- /generated -->\n")
+    bad = "\n".join(regen.problems(nums, tmp_path))
+    assert "a.b shows '0.191', the run gives '0.181'" in bad
+    assert "unknown number 'zz'" in bad
+    assert "cannot be formatted" in bad
+    assert "not closed" in bad
+    assert "generated block 'tbl' differs" in bad
+    assert "unknown generated block 'nope'" in bad
+    fixed = regen.render((tmp_path / "docs" / "p.md").read_text(), nums)
+    assert "<!-- n:a.b|.3f -->0.181<!-- /n -->" in fixed and "| b |" not in fixed
+
+
+def test_fmt():
+    assert regen.fmt(0.18123, ".3f") == "0.181"
+    assert regen.fmt(0.103, "+.3f") == "+0.103"
+    assert regen.fmt(0.971, ".1%") == "97.1%"
+    assert regen.fmt(float("nan"), ".3f") == "n/a"
+    assert regen.fmt("blocks.3", None) == "blocks.3"
+
+
+def test_value_differences():
+    a = {"values": {"x": 0.5, "n": float("nan"), "s": "a"}}
+    assert regen.value_differences(a, {"values": {"x": 0.5, "n": float("nan"), "s": "a"}}) == []
+    diff = regen.value_differences(a, {"values": {"x": 0.6, "n": float("nan"), "y": 1}})
+    assert len(diff) == 3 and diff[0].startswith("s:")
+
+
+@pytest.mark.slow
+def test_numbers_json_values_equal_a_demo_run(numbers):
+    run = os.environ.get("SHIFTLENS_DOCS_RUN")
+    if not run:
+        pytest.skip("set SHIFTLENS_DOCS_RUN to a `shiftlens demo` output directory (the docs' run "
+                    "options: docs/numbers.json['demo'])")
+    fresh = regen.collect(Path(run))
+    bad = regen.value_differences(numbers, fresh)
+    assert not bad, "\n".join(bad[:40])
+    assert not any(isinstance(v, float) and math.isinf(v) for v in fresh["values"].values())
