@@ -489,6 +489,25 @@ def check_finite_weights(model: Any, *, name: str | None = None) -> None:
 
 
 # ---------------------------------------------------------------------------------- loading
+def _shape_mismatches(path: str, config: Any) -> str:
+    """The tensors of the local checkpoint ``path`` whose shapes differ from what ``config``'s
+    model expects (read from the safetensors headers and an empty model: nothing loaded)."""
+    try:
+        from shiftlens.weightfiles import SafetensorsCheckpoint
+
+        ck = SafetensorsCheckpoint(path)
+        want = {n: tuple(p.shape) for n, p in empty_model(config or path).state_dict().items()}
+        bad = [f"{n} is {list(ck.entry(n).shape)} in the file, the model expects "
+               f"{list(want[n])}" for n in ck.keys() if n in want
+               and tuple(ck.entry(n).shape) != want[n]]
+    except Exception as e:  # noqa: BLE001 - the diagnosis must not hide the error
+        return f"tensor shapes differ (naming them failed: {type(e).__name__}: {e})"
+    if not bad:
+        return "tensor shapes differ"
+    return (f"{len(bad)} tensor{'s' if len(bad) != 1 else ''} of the wrong shape: "
+            + "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
+
+
 class _CheckedLoader:
     """``model_class`` for ``boot_transformers``: the class TL would pick, loading with checks.
 
@@ -522,7 +541,14 @@ class _CheckedLoader:
         cls = self._resolve(kwargs.get("config"))
         if isinstance(cls, type) and issubclass(cls, PreTrainedModel):
             kwargs.pop("code_revision", None)  # what TL does for concrete classes
-        model, info = cls.from_pretrained(name, output_loading_info=True, **kwargs)
+        try:
+            model, info = cls.from_pretrained(name, output_loading_info=True, **kwargs)
+        except RuntimeError as e:
+            if "mismatched" not in str(e):
+                raise
+            # transformers' own report of the shapes is a log record TL silences: name them
+            raise ShiftlensError(f"checkpoint {self.name!r} does not match its config: "
+                                 + _shape_mismatches(name, kwargs.get("config"))) from e
         self.loading_info = info
         missing = sorted(info.get("missing_keys") or ())
         unexpected = sorted(info.get("unexpected_keys") or ())

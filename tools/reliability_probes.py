@@ -425,8 +425,7 @@ def checkpoint_truncated(ctx: Ctx):
 
 
 @probe(5, "load_bridge on a checkpoint with a wrongly shaped tensor",
-       "(none found for load_bridge; test_weightfiles.py::test_reader_names_truncation_and_"
-       "corruption covers a header shape that disagrees with its bytes)")
+       "tests/unit/test_bridge.py::test_wrongly_shaped_tensor_is_refused_by_name_and_shapes")
 def checkpoint_wrong_shape(ctx: Ctx):
     from shiftlens.pair import load_bridge
 

@@ -143,6 +143,21 @@ def test_unexpected_tensor_is_refused_by_name(tiny_dirs, tmp_path):
         load_bridge(broken)
 
 
+def test_wrongly_shaped_tensor_is_refused_by_name_and_shapes(tiny_dirs, tmp_path):
+    base, _ = tiny_dirs("llama")
+    name = "model.layers.0.mlp.down_proj.weight"
+    want = list(load_file(Path(base) / "model.safetensors")[name].shape)
+
+    def cut(sd):
+        sd[name] = sd[name][:, :-1].contiguous()
+
+    broken = _edited_copy(base, tmp_path / "shape", cut)
+    with pytest.raises(ShiftlensError, match=rf"1 tensor of the wrong shape: {re.escape(name)} is "
+                       rf"\[{want[0]}, {want[1] - 1}\] in the file, the model expects "
+                       rf"\[{want[0]}, {want[1]}\]"):
+        load_bridge(broken)
+
+
 def test_truncated_safetensors_is_refused_naming_file_and_tensors(tiny_dirs, tmp_path):
     base, tuned = tiny_dirs("gemma2")
     broken = tmp_path / "cut"
