@@ -14,7 +14,7 @@ rm -rf "$V"
 python3 -m venv "$V"
 "$V/bin/pip" install -q torch==2.13.0 || exit 2
 echo "torch==2.13.0" > "$V/torch-pin.txt"
-"$V/bin/pip" install -q --upgrade --upgrade-strategy eager -c "$V/torch-pin.txt" -e ".[dev,real]" || exit 2
+"$V/bin/pip" install -q --upgrade --upgrade-strategy eager -c "$V/torch-pin.txt" -e ".[dev,real,ray]" || exit 2
 "$V/bin/pip" install -q --no-deps -r requirements/real.txt || true
 
 echo "== versions that differ from requirements/lock.txt"
