@@ -20,7 +20,7 @@ import os
 import pytest
 import torch
 
-from shiftlens.lenses.crosscoder import CrosscoderConfig, LatentThresholds, crosscoder_diff
+from shiftlens.lenses.crosscoder import CrosscoderConfig, LatentThresholds, organism_crosscoder
 from shiftlens.zoo.organisms import CONTROL, neutral_texts, organism_pair, organism_score
 
 PASS, SILENT = 0.5, 0.10
@@ -43,8 +43,11 @@ def private_cache(tmp_path_factory):
 
 def _run(name):
     torch.set_num_threads(1)
-    return crosscoder_diff(organism_pair(name), neutral_texts(64), LAYER, config=CONFIG,
-                           thresholds=SMALL_PAIR, progress=False)
+    res = organism_crosscoder(organism_pair(name), neutral_texts(64))  # the table's setting
+    p = res.meta["params"]
+    assert p["layer"] == LAYER and res.meta["n_latents"] == CONFIG.n_latents
+    assert res.meta["k"] == CONFIG.k
+    return res
 
 
 @pytest.mark.slow

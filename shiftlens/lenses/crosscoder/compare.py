@@ -51,6 +51,7 @@ __all__ = [
     "latent_statistics",
     "crosscoder_result",
     "crosscoder_diff",
+    "organism_crosscoder",
     "CONTEXT_OPEN",
     "CONTEXT_CLOSE",
 ]
@@ -527,3 +528,30 @@ def crosscoder_diff(
         if tmp is not None:
             tmp.cleanup()
 
+
+def organism_crosscoder(pair: Any, texts: Sequence[Any], *, progress: bool = False) -> Any:
+    """The crosscoder as the organism benchmark runs it (benchmarks/diffing_table.py).
+
+    The setting of ``tests/toy/test_crosscoder_organisms.py`` (docs/crosscoder.md,
+    "Organisms"): the last layer's ``resid_post``, 128 latents, k = 8, 800 steps of 256 rows, and
+    thresholds relaxed for a 128-wide model (``outer=0.2, shared_band=0.1, nu_max=1.0``: with
+    Minder et al.'s, no latent of the 4-layer organisms is tuned-only).
+
+    Args:
+        pair: A :class:`shiftlens.ModelPair` (an organism and its base).
+        texts: The corpus (the benchmark's 64 neutral texts).
+        progress: Show progress bars.
+
+    Returns:
+        A :class:`~shiftlens.lenses.crosscoder.results.CrosscoderResult`.
+
+    Example:
+        >>> from shiftlens.zoo.organisms import neutral_texts, organism_pair  # doctest: +SKIP
+        >>> organism_crosscoder(organism_pair("topic"), neutral_texts(64)).top_tokens(5)  # doctest: +SKIP
+    """
+    config = CrosscoderConfig(n_latents=128, k=8, steps=800, batch_size=256, lr=2e-3,
+                              warmup_steps=20, dead_steps=50, checkpoint_every=0, log_every=50)
+    loose = LatentThresholds(outer=0.2, shared_band=0.1, nu_max=1.0)
+    torch.manual_seed(0)
+    return crosscoder_diff(pair, texts, int(pair.cfg.n_layers) - 1, config=config,
+                           thresholds=loose, progress=progress)

@@ -15,7 +15,7 @@ The contract of this lens:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -89,6 +89,10 @@ class CrosscoderResult(Result):
     token_scores: Tensor
     training: pd.DataFrame
     meta: dict[str, Any] = field(default_factory=dict)
+
+    #: What benchmarks/diffing_table.py runs for the methods x organisms table, and its readouts.
+    diffing_runner: ClassVar[str] = "shiftlens.lenses.crosscoder.compare:organism_crosscoder"
+    diffing_sources: ClassVar[tuple[str, ...]] = ("tuned_only", "changed")
 
     # ------------------------------------------------------------------ contract
     def to_frame(self) -> pd.DataFrame:
