@@ -502,6 +502,29 @@ def _pairs_frame(
 
 
 @torch.no_grad()
+def word_inputs(model: Any, device: Any, vocab: WordVocab | None, filter: Any,
+                bound_filter: Any) -> tuple[torch.device, WordVocab, Tensor, Any, str]:
+    """The checked inputs of a word-pair scan: device, vocabulary (default: the
+    :data:`DEFAULT_WORDS` most frequent words), finite word vectors on the device and the bound
+    relatedness filter (moved there too) with its name.
+
+    Example:
+        >>> dev, vocab, E, bound, name = word_inputs(model, None, None, "cosine", None)  # doctest: +SKIP
+    """
+    dev = check_device(device, model)
+    if vocab is None:
+        from shiftlens.vocab import default_vocab
+
+        vocab = default_vocab(model.tokenizer, DEFAULT_WORDS)
+    check_vocab(vocab, model)
+    E = word_embeddings(model, vocab)
+    check_finite_words(model, E, vocab)
+    bound, fname = bind_filter(filter, model, vocab, bound_filter)
+    if callable(getattr(bound, "to", None)):
+        bound = bound.to(dev)
+    return dev, vocab, E.to(dev), bound, fname
+
+
 def word_pairs(
     model: Any,
     layer: int | Sequence[int] | None = None,
@@ -583,18 +606,7 @@ def word_pairs(
     exclude_self = check_flag("exclude_self", exclude_self)
     fold_norm = check_flag("fold_norm", fold_norm)
     progress = check_flag("progress", progress)
-    dev = check_device(device, model)
-    if vocab is None:
-        from shiftlens.vocab import default_vocab
-
-        vocab = default_vocab(model.tokenizer, DEFAULT_WORDS)
-    check_vocab(vocab, model)
-    E = word_embeddings(model, vocab)
-    check_finite_words(model, E, vocab)
-    bound, fname = bind_filter(filter, model, vocab, bound_filter)
-    if callable(getattr(bound, "to", None)):
-        bound = bound.to(dev)
-    E = E.to(dev)
+    dev, vocab, E, bound, fname = word_inputs(model, device, vocab, filter, bound_filter)
     frames, funnel = [], []
     for lay in tqdm(layers, desc=f"word pairs {model_name(model)}",
                     disable=not progress or len(layers) == 1, leave=False):

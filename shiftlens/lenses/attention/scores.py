@@ -36,19 +36,20 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from shiftlens.bridge import model_name
-from shiftlens.checks import check_device, check_int, check_vocab
+from shiftlens.checks import check_int, check_vocab
 from shiftlens.errors import ShiftlensError
 from shiftlens.lenses.attention.core import (
     check_flag,
     check_model,
     check_words,
 )
-from shiftlens.lenses.attention.filters import FilterSpec, bind_filter, filter_reason
+from shiftlens.lenses.attention.filters import FilterSpec, filter_reason
 from shiftlens.lenses.attention.qk import (
     _layer_weights,
     check_finite_words,
     scope,
     word_embeddings,
+    word_inputs,
 )
 from shiftlens.weights import WordVocab
 
@@ -378,19 +379,7 @@ def top_pairs(
     exclude_self = check_flag("exclude_self", exclude_self)
     fold_norm = check_flag("fold_norm", fold_norm)
     progress = check_flag("progress", progress)
-    dev = check_device(device, model)
-    if vocab is None:
-        from shiftlens.lenses.attention.core import DEFAULT_WORDS
-        from shiftlens.vocab import default_vocab
-
-        vocab = default_vocab(model.tokenizer, DEFAULT_WORDS)
-    check_vocab(vocab, model)
-    E = word_embeddings(model, vocab)
-    check_finite_words(model, E, vocab)
-    bound, fname = bind_filter(filter, model, vocab, bound_filter)
-    if callable(getattr(bound, "to", None)):
-        bound = bound.to(dev)
-    E = E.to(dev)
+    dev, vocab, E, bound, fname = word_inputs(model, device, vocab, filter, bound_filter)
     n = E.shape[0]
     allowed = allowed_fn(bound, n, dev)
     words = np.asarray(vocab.words, dtype=object)
