@@ -201,9 +201,10 @@ def _run_report(args: argparse.Namespace, pair: Any, prompts: list[Any], title: 
     )
     dt = time.perf_counter() - t0
     print()
+    width = max([12, *(len(s.name) for s in rep.sections)])
     for s in rep.sections:
         extra = f" - {s.note}" if s.status == "skipped" else ""
-        print(f"  {s.name:12s} {s.status:8s} {s.seconds:6.1f} s{extra}")
+        print(f"  {s.name:{width}s} {s.status:8s} {s.seconds:6.1f} s{extra}")
     if rep.headlines:
         print("\nKey findings:")
         for h in rep.headlines:
