@@ -187,9 +187,15 @@ def registered_lenses() -> dict[str, LensSpec]:
         >>> list(registered_lenses())[:4]
         ['attribution', 'attention', 'ffn', 'residual']
     """
+    from shiftlens.lenses import BUILTIN_LENSES
+
     _load_builtin_and_plugins()
-    order = {n: i for i, n in enumerate(_REGISTRY)}
-    return dict(sorted(_REGISTRY.items(), key=lambda kv: (kv[1].order, order[kv[0]])))
+    # ties in ``order``: built-in lenses in BUILTIN_LENSES order, then plugins as registered
+    # (never the order in which packages happened to be imported)
+    builtin = {n: i for i, n in enumerate(BUILTIN_LENSES)}
+    seen = {n: i for i, n in enumerate(_REGISTRY)}
+    return dict(sorted(_REGISTRY.items(), key=lambda kv: (
+        kv[1].order, builtin.get(kv[0], len(builtin)), seen[kv[0]])))
 
 
 def get_lens(name: str) -> LensSpec:

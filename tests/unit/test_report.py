@@ -48,6 +48,23 @@ def test_select_prompts_is_balanced_ordered_and_deterministic():
     assert select_prompts(prompts, len(prompts) + 5) == prompts
 
 
+def test_report_order_does_not_depend_on_import_order():
+    """Lenses with equal ``order`` keep BUILTIN_LENSES order whichever package was imported
+    first (the registry's insertion order reversed changes nothing)."""
+    from shiftlens.lenses import registered_lenses
+    from shiftlens.lenses.registry import _REGISTRY
+
+    before = list(registered_lenses())
+    saved = dict(_REGISTRY)
+    try:
+        _REGISTRY.clear()
+        _REGISTRY.update(reversed(list(saved.items())))
+        assert list(registered_lenses()) == before
+    finally:
+        _REGISTRY.clear()
+        _REGISTRY.update(saved)
+
+
 def test_resolve_lenses():
     from shiftlens.lenses import BUILTIN_LENSES, registered_lenses
 

@@ -44,7 +44,18 @@ def probe_lens():
     sys.modules.pop(mod.__name__, None)
 
 
-def test_capture_counts_repeats_nests_and_restores_loggers():
+@pytest.fixture
+def transformers_at_warning():
+    """A model loaded earlier in the session may have set transformers' logger to ERROR
+    (TransformerLens does): the capture is tested at transformers' default level."""
+    tl = logging.getLogger("transformers")
+    level = tl.level
+    tl.setLevel(logging.WARNING)
+    yield
+    tl.setLevel(level)
+
+
+def test_capture_counts_repeats_nests_and_restores_loggers(transformers_at_warning):
     tl = logging.getLogger("transformers")
     handlers, propagate = list(tl.handlers), tl.propagate
     seen = []

@@ -45,7 +45,7 @@ SPEC = register_lens(LensSpec(
     limits={"crosscoder": 64},
     requires=(f"{_PKG}.compare:crosscoder_diff",),
     examples=f"{_PKG}.section:examples",
-    order=60,
+    order=70,
 ))
 
 #: Where each public name lives.
