@@ -91,6 +91,8 @@ def measure(name: str, spec: dict) -> dict:
         "fp32_bytes": 4 * n, "bf16_bytes": 2 * n, "pair_fp32_bytes": 8 * n,
         "pair_bf16_bytes": 4 * n, "layer_parameters": layer, "layer_fp32_bytes": 4 * layer,
         "w_out_fp32_bytes": 4 * w_out,
+        "w_u_fp32_bytes": 4 * spec["vocab_size"] * spec["hidden_size"],
+        "largest_matrix": max(spec["vocab_size"] * spec["hidden_size"], w_out),
     }
 
 
@@ -114,6 +116,33 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+#: What each lens holds at once (weights only), as the code reads them.
+LENS_RESIDENCY = (
+    ("attribution, attention via `shiftlens run`", "one model (the other freed first)"),
+    ("residual, activation_difference, amplification, crosscoder (collection); in-process "
+     "attribution/attention", "both models"),
+    ("ffn from checkpoint files", "one W_out + the unembedding W_U, fp32"),
+    ("weight_delta from checkpoint files", "largest matrix: base, tuned and their difference "
+     "in float64"),
+)
+
+
+def lens_bytes(r: dict, dtype_bytes: int) -> list[int]:
+    """Bytes per row of :data:`LENS_RESIDENCY` for one model at ``dtype_bytes`` per weight."""
+    n = r["n_parameters"]
+    return [n * dtype_bytes, 2 * n * dtype_bytes, r["w_out_fp32_bytes"] + r["w_u_fp32_bytes"],
+            3 * 8 * r["largest_matrix"]]
+
+
+def lens_table(rows: list[dict]) -> str:
+    """The per-lens memory table of docs/scale.md (GB, weights only; bf16 for the model rows)."""
+    out = ["| model | " + " | ".join(f"{lens} ({what})" for lens, what in LENS_RESIDENCY)
+           + " |", "| --- |" + " ---: |" * len(LENS_RESIDENCY)]
+    for r in rows:
+        out.append(f"| {r['model']} | " + " | ".join(_gb(b) for b in lens_bytes(r, 2)) + " |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="one JSON line per model")
@@ -124,6 +153,8 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(r))
     else:
         print(table(rows))
+        print()
+        print(lens_table(rows))
     sys.stdout.flush()
 
 
