@@ -25,7 +25,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -181,40 +180,13 @@ def describe(x: Any) -> str:
 
 
 def _save_killed_at(k: int, result: Any, target: Path) -> int:
-    """In a forked child, save ``result`` and SIGKILL the child at write step ``k`` (each write,
-    fsync and the final exchange count as steps, before and after); returns the wait status."""
-    import shiftlens.io as sio
-    import shiftlens.result as sres
-
-    pid = os.fork()
-    if pid == 0:  # child: never returns
-        count = [0]
-
-        def step(fn):
-            def wrapped(*a, **kw):
-                count[0] += 1
-                if count[0] == k:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                out = fn(*a, **kw)
-                count[0] += 1
-                if count[0] == k:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                return out
-            return wrapped
-
-        try:
-            for mod in (sio, sres):
-                for name in ("write_json", "write_parquet", "write_tensors"):
-                    if hasattr(mod, name):
-                        setattr(mod, name, step(getattr(mod, name)))
-            sio._fsync_dir = step(sio._fsync_dir)
-            sio._exchange = step(sio._exchange)
-            os.fsync = step(os.fsync)
-            result.save(target)
-        finally:
-            os._exit(0)
-    _, status = os.waitpid(pid, 0)
-    return status
+    """tests/faults.py's ``save_killed_at``: a save SIGKILLed at write step ``k``."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    try:
+        from faults import save_killed_at
+    finally:
+        sys.path.remove(str(ROOT / "tests"))
+    return save_killed_at(k, result, target)
 
 
 # ========================================================================== 1. saves and loads

@@ -7,13 +7,13 @@ import math
 import os
 import signal
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from faults import save_killed_at  # tests/faults.py (shared with tools/reliability_probes.py)
 
 import shiftlens
 from shiftlens import ShiftlensError
@@ -159,41 +159,6 @@ def test_damaged_results_are_refused_naming_the_problem(tmp_path, damage, match)
     assert str(d) in str(e.value) or damage in ("forged-n",)
 
 
-def _save_killed_at(k: int, result: Result, target: Path) -> int:
-    """In a forked child, save ``result`` and SIGKILL the child at write step ``k`` (every write,
-    fsync and the final exchange count as steps, before and after each); returns the status."""
-    import shiftlens.io as sio
-    import shiftlens.result as sres
-
-    pid = os.fork()
-    if pid == 0:  # child: never returns
-        count = [0]
-
-        def step(fn):
-            def wrapped(*a, **kw):
-                count[0] += 1
-                if count[0] == k:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                out = fn(*a, **kw)
-                count[0] += 1
-                if count[0] == k:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                return out
-            return wrapped
-
-        try:
-            for mod in (sio, sres):
-                for name in ("write_json", "write_parquet", "write_tensors"):
-                    if hasattr(mod, name):
-                        setattr(mod, name, step(getattr(mod, name)))
-            sio._fsync_dir = step(sio._fsync_dir)
-            sio._exchange = step(sio._exchange)
-            os.fsync = step(os.fsync)
-            result.save(target)
-        finally:
-            os._exit(0)
-    _, status = os.waitpid(pid, 0)
-    return status
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -205,7 +170,7 @@ def test_sigkill_at_every_write_step_never_leaves_a_mixed_result(tmp_path):
     outcomes = []
     for k in range(1, 80):
         old.save(d)
-        status = _save_killed_at(k, new, d)
+        status = save_killed_at(k, new, d)
         killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
         assert killed or (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0), status
         try:
