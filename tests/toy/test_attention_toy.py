@@ -7,38 +7,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+from attention_reference import direct_mass  # tests/attention_reference.py
 
-from shiftlens import ModelPair
 from shiftlens.attention import instruction_attention, verb_shift
-from shiftlens.prompts import SEGMENTS
 from shiftlens.weights import WordVocab
-
-
-def _full_patterns(pair: ModelPair, prompts):
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(pair.cfg.n_layers)]
-    return pair.run_with_cache(prompts, names, reduce=None, with_reference=True, progress=False)
-
-
-def _direct_mass(pair: ModelPair, prompts, layers, query: str, cache=None) -> torch.Tensor:
-    """[role, prompt, layer, head, segment] from full captured patterns (reduce=None)."""
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in layers]
-    if cache is None:
-        cache = _full_patterns(pair, prompts)
-    H = pair.cfg.n_heads
-    out = torch.zeros(2, len(prompts), len(layers), H, len(SEGMENTS))
-    for r, role in enumerate(("base", "tuned")):
-        for i, tp in enumerate(cache.prompts):
-            n = tp.tokens.shape[0]
-            if query == "response" and n > tp.n_prompt:
-                qpos = list(range(tp.n_prompt, n))
-            else:
-                qpos = [tp.n_prompt - 1]
-            onehot = torch.zeros(n, len(SEGMENTS))
-            onehot[torch.arange(n), tp.segments] = 1.0
-            for j, name in enumerate(names):
-                pat = cache[role, name][i].double()  # [head, q, k]
-                out[r, i, j] = (pat[:, qpos, :] @ onehot.double()).mean(1).float()
-    return out
 
 
 def _counts_by_hand(pairs: pd.DataFrame, role: str, verbs):
@@ -66,7 +38,7 @@ def test_toy_pair_activation_view_equals_direct():
     prompts = toy_prompts(14)
     res = instruction_attention(pair, prompts, progress=False)
     assert res.n_prompts == 14 and res.excluded == []
-    direct = _direct_mass(pair, prompts, list(range(pair.cfg.n_layers)), "response")
+    direct = direct_mass(pair, prompts, list(range(pair.cfg.n_layers)), "response")
     torch.testing.assert_close(res.mass, direct, atol=1e-5, rtol=1e-4)
 
 

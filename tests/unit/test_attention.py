@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from attention_reference import direct_mass, full_patterns  # tests/attention_reference.py
 from scipy import stats as st
 
 from shiftlens import ModelPair, ShiftlensError, ShiftlensWarning
@@ -31,7 +32,7 @@ from shiftlens.attention import (
     word_pairs_layer,
 )
 from shiftlens.pair import load_bridge
-from shiftlens.prompts import SEGMENTS, InstructionPrompt, default_prompts
+from shiftlens.prompts import InstructionPrompt, default_prompts
 from shiftlens.stats import p_adjust
 from shiftlens.vocab import default_vocab
 from shiftlens.weights import WordVocab
@@ -56,31 +57,6 @@ def _prompts() -> list[InstructionPrompt]:
     return ps + [no_ref, no_ins]
 
 
-def _full_patterns(pair: ModelPair, prompts):
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(pair.cfg.n_layers)]
-    return pair.run_with_cache(prompts, names, reduce=None, with_reference=True, progress=False)
-
-
-def _direct_mass(pair: ModelPair, prompts, layers, query: str, cache=None) -> torch.Tensor:
-    """[role, prompt, layer, head, segment] from full captured patterns (reduce=None)."""
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in layers]
-    if cache is None:
-        cache = _full_patterns(pair, prompts)
-    H = pair.cfg.n_heads
-    out = torch.zeros(2, len(prompts), len(layers), H, len(SEGMENTS))
-    for r, role in enumerate(("base", "tuned")):
-        for i, tp in enumerate(cache.prompts):
-            n = tp.tokens.shape[0]
-            if query == "response" and n > tp.n_prompt:
-                qpos = list(range(tp.n_prompt, n))
-            else:
-                qpos = [tp.n_prompt - 1]
-            onehot = torch.zeros(n, len(SEGMENTS))
-            onehot[torch.arange(n), tp.segments] = 1.0
-            for j, name in enumerate(names):
-                pat = cache[role, name][i].double()  # [head, q, k]
-                out[r, i, j] = (pat[:, qpos, :] @ onehot.double()).mean(1).float()
-    return out
 
 
 # ----------------------------------------------------------------------------- activation view
@@ -89,7 +65,7 @@ def _direct_mass(pair: ModelPair, prompts, layers, query: str, cache=None) -> to
 @pytest.fixture(scope="module")
 def full_cache(lpair):
     """Full attention patterns (reduce=None) of the prompts that have instruction tokens."""
-    return _full_patterns(lpair, _prompts()[:-1])
+    return full_patterns(lpair, _prompts()[:-1])
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +90,7 @@ def test_instruction_attention_equals_direct_computation(lpair, query, ia_respon
         assert res.fallback_last == ["no-ref"]
     else:
         assert res.fallback_last == [] and all(res.used_last)
-    direct = _direct_mass(lpair, kept, list(range(lpair.cfg.n_layers)), query, full_cache)
+    direct = direct_mass(lpair, kept, list(range(lpair.cfg.n_layers)), query, full_cache)
     torch.testing.assert_close(res.mass, direct, atol=1e-5, rtol=1e-4)
     # masses are distributions over key segments
     torch.testing.assert_close(res.mass.sum(-1), torch.ones(res.mass.shape[:-1]), atol=1e-4, rtol=0)
