@@ -6,7 +6,9 @@
     python tools/regen_docs.py --out DIR      # run the demo into DIR and keep it there
     python tools/regen_docs.py --no-bench     # keep the benchmark block of numbers.json
     python tools/regen_docs.py --bench-from F # benchmarks/generate.py --quick output saved in F
-    python tools/regen_docs.py --examples     # also rerun the examples whose figures docs embed
+    python tools/regen_docs.py --examples     # also rerun every example, refresh its
+                                              # docs/results/<example>.json
+    python tools/regen_docs.py --results NAME # rerun the command docs/results/NAME.json names
     python tools/regen_docs.py --check        # change nothing: list every marked number or
                                               # block that differs from docs/numbers.json
     python tools/regen_docs.py --check --from-run DIR  # ... and every value of numbers.json
@@ -34,7 +36,15 @@ marker right after a backtick (`` `<!-- n:KEY -->` `` in inline code) is an exam
 
 ``docs/numbers.json`` holds ``values`` (deterministic for the seed: the slow test re-runs the
 demo and compares), ``measured`` (times, sizes, benchmark ratios: recorded, never compared) and
-``blocks``. ``tests/unit/test_docs_numbers.py`` checks on every run that each marked number and
+``blocks``.
+
+Examples and benchmarks add their own numbers without touching ``docs/numbers.json``: a file
+``docs/results/NAME.json`` (``{"generated_by": COMMAND, "values": {...}, "measured": {...},
+"blocks": {...}}``, written by :func:`write_results`, e.g. by ``examples/attention.py`` into
+``OUT/numbers.json`` and copied here by ``--examples``) contributes its values as ``NAME.KEY``,
+its measured entries as ``measured.NAME.KEY`` and its blocks as ``NAME-BLOCK``. The example tier
+(``tests/toy/test_examples.py``) reruns every example and checks its fresh ``values`` against the
+committed file; ``--results NAME`` reruns the command a file names and replaces it. ``tests/unit/test_docs_numbers.py`` checks on every run that each marked number and
 block in README.md and docs/*.md equals ``docs/numbers.json``.
 """
 
@@ -414,16 +424,107 @@ def write_numbers(numbers: Mapping[str, Any], path: Path = NUMBERS) -> None:
                     + "\n", encoding="utf-8")
 
 
-def read_numbers(path: Path = NUMBERS) -> dict[str, Any]:
-    """``docs/numbers.json`` (``"NaN"`` read back as a float NaN)."""
+RESULTS = ROOT / "docs" / "results"
+
+
+def _nan(x: Any) -> Any:
+    return float("nan") if x == "NaN" else x
+
+
+def write_results(path: Path, *, generated_by: str, values: Mapping[str, Any] | None = None,
+                  measured: Mapping[str, Any] | None = None,
+                  blocks: Mapping[str, str] | None = None) -> None:
+    """One results file (the format of ``docs/results/NAME.json``): nested dicts are flattened
+    to dotted keys, NaN written as ``"NaN"``."""
+    flat_v: dict[str, Any] = {}
+    flat_m: dict[str, Any] = {}
+    flatten(dict(values or {}), "", flat_v)
+    flatten(dict(measured or {}), "", flat_m)
+    data = {"generated_by": generated_by, "values": dict(sorted(flat_v.items())),
+            "measured": dict(sorted(flat_m.items())), "blocks": dict(sorted((blocks or {}).items()))}
+    write_numbers(data, path)
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """A results file as written by :func:`write_results` (``"NaN"`` read back as NaN)."""
     data = json.loads(path.read_text(encoding="utf-8"))
     for part in ("values", "measured"):
-        data[part] = {k: float("nan") if v == "NaN" else v for k, v in data[part].items()}
+        data[part] = {k: _nan(v) for k, v in data.get(part, {}).items()}
+    data.setdefault("blocks", {})
     return data
 
 
+def read_numbers(path: Path = NUMBERS, results: Path | None = RESULTS) -> dict[str, Any]:
+    """``docs/numbers.json`` (``"NaN"`` read back as a float NaN), with every
+    ``docs/results/NAME.json`` merged in under ``NAME.`` (values), ``measured.NAME.`` and
+    ``NAME-`` (blocks)."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    for part in ("values", "measured"):
+        data[part] = {k: _nan(v) for k, v in data[part].items()}
+    for f in sorted(results.glob("*.json")) if results is not None and results.is_dir() else []:
+        name = f.stem
+        r = read_results(f)
+        data["values"].update({f"{name}.{k}": v for k, v in r["values"].items()})
+        data["measured"].update({f"{name}.{k}": v for k, v in r["measured"].items()})
+        data["blocks"].update({f"{name}-{k}": v for k, v in r["blocks"].items()})
+    return data
+
+
+def example_scripts() -> list[Path]:
+    """Every example with a committed results file (``docs/results/<stem>.json``)."""
+    return [ROOT / "examples" / f"{f.stem}.py" for f in sorted(RESULTS.glob("*.json"))
+            if (ROOT / "examples" / f"{f.stem}.py").exists()]
+
+
+def flat_results(path: Path) -> dict[str, Any]:
+    """A results file's ``values`` / ``measured`` flattened to dotted keys (an example's
+    ``OUT/numbers.json`` may nest them)."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    out: dict[str, Any] = {"blocks": dict(data.get("blocks", {}))}
+    for part in ("values", "measured"):
+        flat: dict[str, Any] = {}
+        flatten(data.get(part, {}), "", flat)
+        out[part] = flat
+    return out
+
+
+def run_example(script: Path) -> None:
+    """Run one example in a temporary directory, as a user would, and copy the
+    ``numbers.json`` it writes to ``docs/results/<stem>.json``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = f"python examples/{script.name}"
+        print(f"running {cmd}", file=sys.stderr)
+        subprocess.run([sys.executable, str(script)], check=True, cwd=tmp,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"})
+        found = sorted(Path(tmp).rglob("numbers.json"))
+        if len(found) != 1:
+            raise SystemExit(f"{cmd} wrote {len(found)} numbers.json files, expected 1")
+        r = flat_results(found[0])
+        write_results(RESULTS / f"{script.stem}.json", generated_by=cmd, values=r["values"],
+                      measured=r["measured"], blocks=r["blocks"])
+
+
+def rerun_results(name: str) -> None:
+    """Rerun what ``docs/results/NAME.json`` came from: the example ``examples/NAME.py``, else
+    the command the file names (which rewrites the file itself)."""
+    path = RESULTS / f"{name}.json"
+    if (ROOT / "examples" / f"{name}.py").exists():
+        run_example(ROOT / "examples" / f"{name}.py")
+        return
+    if not path.exists():
+        raise SystemExit(f"no results file {path.relative_to(ROOT)}")
+    cmd = read_results(path)["generated_by"]
+    print(f"running {cmd}", file=sys.stderr)
+    subprocess.run(cmd, shell=True, check=True, cwd=ROOT,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"})
+
+
 def run_examples() -> None:
-    """Rerun every example whose figures a docs page embeds ("Made by `python examples/...`")."""
+    """Rerun every example whose figures a docs page embeds ("Made by `python examples/...`"),
+    then every example with a results file (its ``OUT/numbers.json`` copied to
+    ``docs/results/<stem>.json``)."""
+    for script in example_scripts():
+        run_example(script)
     seen = set()
     for path in doc_files():
         for cmd in re.findall(r"Made by `(python examples/[^`]+)`", path.read_text()):
@@ -449,13 +550,23 @@ def main(argv: list[str] | None = None) -> int:
                     help="read benchmarks/generate.py --quick output from FILE instead of "
                          "running it")
     ap.add_argument("--examples", action="store_true",
-                    help="also rerun the examples whose figures the docs embed")
+                    help="also rerun every example (refreshing docs/results/<example>.json) and "
+                         "those whose figures the docs embed")
+    ap.add_argument("--results", action="append", default=[], metavar="NAME",
+                    help="rerun the command docs/results/NAME.json names (repeatable), then "
+                         "rewrite the docs; with no demo run unless --demo")
+    ap.add_argument("--demo", action="store_true", help="with --results: also rerun the demo")
     args = ap.parse_args(argv)
+    if args.results:
+        for name in args.results:
+            rerun_results(name)
+        if not args.demo:
+            return _render_all(read_numbers())
     if args.check:
         numbers = read_numbers()
         bad = problems(numbers)
         if args.from_run is not None:
-            bad += value_differences(numbers, collect(args.from_run))
+            bad += value_differences(read_numbers(results=None), collect(args.from_run))
         print("\n".join(bad) or "docs agree with docs/numbers.json")
         return 1 if bad else 0
     old = read_numbers() if NUMBERS.exists() else None
@@ -476,15 +587,20 @@ def main(argv: list[str] | None = None) -> int:
         bench = run_benchmark()
     numbers = collect(run_dir, wall_s=wall, bench=bench, old=old)
     write_numbers(numbers)
-    numbers = read_numbers()
+    if args.examples:
+        run_examples()
+    return _render_all(read_numbers())
+
+
+def _render_all(numbers: Mapping[str, Any]) -> int:
+    """Rewrite every marked number and block of the docs from ``numbers``; 1 if any problem
+    remains."""
     for path in doc_files():
         text = path.read_text(encoding="utf-8")
         new = render(text, numbers)
         if new != text:
             path.write_text(new, encoding="utf-8")
             print(f"updated {path.relative_to(ROOT)}", file=sys.stderr)
-    if args.examples:
-        run_examples()
     bad = problems(numbers)
     print("\n".join(bad) or "docs agree with docs/numbers.json", file=sys.stderr)
     return 1 if bad else 0

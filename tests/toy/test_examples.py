@@ -5,6 +5,8 @@ packages (requirements/real.txt) and is in the real tier."""
 
 from __future__ import annotations
 
+import importlib.util
+import math
 import os
 import subprocess
 import sys
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "docs" / "results"
 SCRIPTS = sorted(p for p in (ROOT / "examples").glob("*.py") if not p.stem.startswith("prompts_"))
 
 
@@ -36,3 +39,34 @@ def test_example_runs_offline(script, tmp_path):
                        text=True, timeout=600)
     assert r.returncode == 0, f"{script.name} exited {r.returncode}:\n{r.stderr[-3000:]}"
     assert r.stdout.strip(), f"{script.name} printed nothing"
+    committed = RESULTS / f"{script.stem}.json"
+    if committed.exists():
+        fresh = sorted(tmp_path.rglob("numbers.json"))
+        assert len(fresh) == 1, f"{script.name} wrote {len(fresh)} numbers.json files"
+        assert_same_values(_regen().flat_results(fresh[0])["values"],
+                           _regen().read_results(committed)["values"], script.name)
+
+
+def _regen():
+    spec = importlib.util.spec_from_file_location("regen_docs", ROOT / "tools" / "regen_docs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def assert_same_values(fresh: dict, committed: dict, name: str, rel: float = 1e-4) -> None:
+    """The values an example printed now are the ones the docs quote (docs/results/<stem>.json,
+    whose numbers the docs' markers show; tests/unit/test_docs_numbers.py checks that part).
+    Floats agree to ``rel`` (BLAS summation order may differ between machines), the rest exactly."""
+    bad = []
+    for key in sorted(set(fresh) | set(committed)):
+        a, b = fresh.get(key, "<missing>"), committed.get(key, "<missing>")
+        if isinstance(a, float) and isinstance(b, (int, float)) and not isinstance(b, bool):
+            if (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=rel, abs_tol=1e-9):
+                continue
+        elif a == b:
+            continue
+        bad.append(f"{key}: the run gives {a!r}, docs/results/{name[:-3]}.json has {b!r}")
+    assert not bad, (f"{name}: the numbers the docs quote are not what the example gives now "
+                     "(rerun `python tools/regen_docs.py --results " + name[:-3] + "`):\n"
+                     + "\n".join(bad[:30]))

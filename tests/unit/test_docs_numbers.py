@@ -14,6 +14,7 @@ costs minutes, so without the variable this part is skipped.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 from pathlib import Path
@@ -114,6 +115,42 @@ def test_numbers_json_values_equal_a_demo_run(numbers):
         pytest.skip("set SHIFTLENS_DOCS_RUN to a `shiftlens demo` output directory (the docs' run "
                     "options: docs/numbers.json['demo'])")
     fresh = regen.collect(Path(run))
-    bad = regen.value_differences(numbers, fresh)
+    bad = regen.value_differences(regen.read_numbers(results=None), fresh)
     assert not bad, "\n".join(bad[:40])
     assert not any(isinstance(v, float) and math.isinf(v) for v in fresh["values"].values())
+
+
+def test_results_files_merge_under_their_name(tmp_path):
+    """docs/results/NAME.json adds NAME.KEY values, measured.NAME.KEY and NAME-BLOCK blocks, and
+    a marker naming one is checked like any other."""
+    (tmp_path / "docs" / "results").mkdir(parents=True)
+    regen.write_numbers({"values": {"demo.x": 1.0}, "measured": {}, "blocks": {}},
+                        tmp_path / "docs" / "numbers.json")
+    regen.write_results(tmp_path / "docs" / "results" / "ex.json", generated_by="python x.py",
+                        values={"a": {"b": 0.25, "c": float("nan")}}, measured={"seconds": 3.5},
+                        blocks={"table": "| a |\n"})
+    n = regen.read_numbers(tmp_path / "docs" / "numbers.json", tmp_path / "docs" / "results")
+    assert n["values"]["ex.a.b"] == 0.25 and math.isnan(n["values"]["ex.a.c"])
+    assert n["values"]["demo.x"] == 1.0 and n["measured"]["ex.seconds"] == 3.5
+    assert n["blocks"]["ex-table"] == "| a |\n"
+    good = ("<!-- n:ex.a.b|.2f -->0.25<!-- /n --> <!-- n:ex.a.c|.2f -->n/a<!-- /n -->\n"
+            "<!-- generated:ex-table -->\n| a |\n<!-- /generated -->\n")
+    (tmp_path / "README.md").write_text(good)
+    assert regen.problems(n, tmp_path) == []
+    (tmp_path / "README.md").write_text(good.replace("0.25", "0.26"))
+    assert regen.problems(n, tmp_path) == ["README.md: ex.a.b shows '0.26', the run gives '0.25'"]
+    # nested values an example writes come back flat, as the committed file has them
+    (tmp_path / "numbers.json").write_text(json.dumps({"values": {"a": {"b": 0.25}}}))
+    assert regen.flat_results(tmp_path / "numbers.json")["values"] == {"a.b": 0.25}
+
+
+def test_every_results_file_names_its_source():
+    """Each committed docs/results/NAME.json says what made it: examples/NAME.py (rerun and
+    compared by the example tier) or a command naming an existing script."""
+    for f in sorted((ROOT / "docs" / "results").glob("*.json")):
+        r = regen.read_results(f)
+        assert r["values"] or r["measured"] or r["blocks"], f"{f.name} is empty"
+        script = r["generated_by"].split()[1]
+        assert (ROOT / script).exists(), f"{f.name}: {r['generated_by']!r} names no script"
+        if (ROOT / "examples" / f"{f.stem}.py").exists():
+            assert r["generated_by"] == f"python examples/{f.stem}.py", f.name
