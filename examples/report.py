@@ -1,6 +1,6 @@
 """Circuit visualizations, static figures and the HTML report on the embedded pair.
 
-Run: ``python examples/report.py --out out/report`` (offline; about 30 s of CPU).
+Run: ``python examples/report.py --out out/report`` (offline; about two minutes of CPU).
 Every file lands in ``--out``: three interactive pages that render with no network
 (attention patterns side by side, importance density of the prompt tokens, top words per W_out
 component), PNG + SVG figures, and a small report (attention and feed-forward lenses).
@@ -11,6 +11,7 @@ Uses the embedded toy pair (``shiftlens.zoo``), or a tiny random pair when it is
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -94,4 +95,31 @@ rep = build_report(pair, prompts, out / "report_small", lenses="attention,ffn", 
                    options={"concept_k": 8, "rotation_k": 8, "verb_words": 500})
 for line in rep.headlines:
     print("-", line)
+
+# %% what the attention view shows for the head whose instruction attention rose most
+top = ia.ranking().iloc[0]
+layer, head = int(top["layer"]), int(top["head"])
+view = attention_patterns(pair, prompt, layers=[layer])
+tokens = view.data["tokens"]
+facts = {"layer": layer, "head": head, "prompt": prompt.id, "n_tokens": len(tokens),
+         "base_mean": float(top["base"]), "tuned_mean": float(top["tuned"]), "p_holm": float(top["p_holm"])}
+for role in ("base", "tuned"):
+    row = view.data["patterns"][role][layer][head, -1]  # the last token's attention over keys
+    k = int(row.argmax())
+    facts[role] = {"target": tokens[k], "weight": float(row[k])}
+    print(f"{role}: L{layer}H{head}: {tokens[-1]!r} puts {float(row[k]):.2f} of its attention "
+          f"on {tokens[k]!r}")
+
+# %% the numbers docs/viz.md quotes (docs/results/report.json, tools/regen_docs.py --results report)
+import circuitsvis  # noqa: E402
+
+bundle = Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js"
+sizes = {name: (out / name).stat().st_size
+         for name in ("attention_patterns.html", "importance.html", "concepts.html")}
+numbers = {"values": {"view": facts, "n_prompts": len(prompts)},
+           "measured": {"bytes": {**sizes, "bundle": bundle.stat().st_size,
+                                  "report_small": rep.html_path.stat().st_size},
+                        "bundle_mb": round(bundle.stat().st_size / 1e6, 1),
+                        "seconds": round(time.perf_counter() - t_start, 1)}}
+(out / "numbers.json").write_text(json.dumps(numbers, indent=1))
 print(f"report: {rep.html_path}; all files in {out}/ ({time.perf_counter() - t_start:.0f} s)")
