@@ -4,6 +4,13 @@ Every number in the memory table of docs/scale.md comes from this script:
 
     .venv/bin/python tools/model_sizes.py            # the markdown table
     .venv/bin/python tools/model_sizes.py --json     # one JSON line per model
+    .venv/bin/python tools/model_sizes.py --results docs/results/model-sizes.json
+
+``--results`` writes the numbers and tables the docs quote (docs/scale.md, docs/real-models.md)
+through ``tools/regen_docs.py``'s ``write_results``: per model (``SLUGS``) its counts and sizes,
+the two tables of docs/scale.md and the sizes table of docs/real-models.md as blocks, and the
+Llama-3.1-70B placement on two 80 GiB GPUs that ``plan_device_map`` computes (its seconds and
+the growth of the peak RSS while planning are measured, the rest is deterministic).
 
 Each model is built from its published ``config.json`` values (written out below: nothing is
 downloaded) as an empty model on the meta device (``shiftlens.bridge.empty_model``: no memory),
@@ -16,8 +23,14 @@ overhead are not included.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import resource
 import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # published config.json values (hub ids in the keys); tie = tie_word_embeddings
 CONFIGS: dict[str, dict] = {
@@ -46,6 +59,29 @@ CONFIGS: dict[str, dict] = {
         kind="llama", hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
         num_attention_heads=64, num_key_value_heads=8, vocab_size=128256, tie=False),
 }
+
+
+#: A short key per model for docs/results/model-sizes.json (``model-sizes.<slug>.<number>``).
+SLUGS = {
+    "HuggingFaceTB/SmolLM2-135M": "smollm2_135m",
+    "google/gemma-3-270m": "gemma3_270m",
+    "Qwen/Qwen2.5-0.5B": "qwen2_5_0_5b",
+    "meta-llama/Llama-3.2-1B": "llama3_2_1b",
+    "google/gemma-2-2b": "gemma2_2b",
+    "huggyllama/llama-7b (= lmsys/vicuna-7b-v1.3)": "llama_7b",
+    "meta-llama/Llama-2-7b-hf (= lmsys/vicuna-7b-v1.5)": "llama2_7b",
+    "meta-llama/Llama-3.1-70B": "llama3_1_70b",
+}
+
+#: The rows of docs/real-models.md's sizes table: (label, model of CONFIGS, is a pair).
+PAIR_ROWS = (
+    ("SmolLM2-135M (measured here)", "HuggingFaceTB/SmolLM2-135M", False),
+    ("gemma-3-270m (measured here)", "google/gemma-3-270m", False),
+    ("Qwen2.5-0.5B / -Instruct", "Qwen/Qwen2.5-0.5B", True),
+    ("Llama-3.2-1B / -Instruct", "meta-llama/Llama-3.2-1B", True),
+    ("gemma-2-2b / -it", "google/gemma-2-2b", True),
+    ("LLaMA-7B / Vicuna-7B", "huggyllama/llama-7b (= lmsys/vicuna-7b-v1.3)", True),
+)
 
 
 def build_config(spec: dict):
@@ -143,12 +179,89 @@ def lens_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def pair_table(rows: list[dict]) -> str:
+    """The sizes table of docs/real-models.md (shapes from the configs, sizes counted)."""
+    by_name = {r["model"]: r for r in rows}
+    out = ["| pair | params per model | layers | d_model | d_mlp | heads (KV) | vocab "
+           "| weights per model fp32 / bf16 | pair bf16 |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for label, name, is_pair in PAIR_ROWS:
+        r, spec = by_name[name], CONFIGS[name]
+        out.append(
+            f"| {label} | {r['n_parameters'] / 1e9:.3g} B | {spec['num_hidden_layers']} "
+            f"| {spec['hidden_size']} | {spec['intermediate_size']} "
+            f"| {spec['num_attention_heads']} ({spec['num_key_value_heads']}) "
+            f"| {spec['vocab_size']:,} | {_gb(r['fp32_bytes'])} / {_gb(r['bf16_bytes'])} GB "
+            f"| {_gb(r['pair_bf16_bytes']) + ' GB' if is_pair else '—'} |")
+    return "\n".join(out)
+
+
+def plan_70b() -> dict:
+    """Llama-3.1-70B in bfloat16 planned onto two 80 GiB GPUs (nothing allocated)."""
+    import torch
+
+    from shiftlens.bridge import plan_device_map
+
+    cfg = build_config(CONFIGS["meta-llama/Llama-3.1-70B"])
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    plan = plan_device_map(cfg, max_memory={0: "80GiB", 1: "80GiB", "cpu": "64GiB"},
+                           dtype=torch.bfloat16)
+    seconds = time.perf_counter() - t0
+    grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024
+    layers = {d: sorted(int(k.split(".")[2]) for k, v in plan.device_map.items()
+                        if k.startswith("model.layers.") and v == d) for d in (0, 1)}
+    values = {
+        "parameter_bytes": plan.parameter_bytes, "n_parameters": plan.n_parameters,
+        "gpu0_gb": plan.bytes_per_device.get("0", plan.bytes_per_device.get(0, 0)) / 1e9,
+        "gpu1_gb": plan.bytes_per_device.get("1", plan.bytes_per_device.get(1, 0)) / 1e9,
+        "gpu0_last_layer": max(layers[0]), "gpu1_first_layer": min(layers[1]),
+        "gpu1_last_layer": max(layers[1]),
+        "embed_on": plan.device_map["model.embed_tokens"], "lm_head_on": plan.device_map["lm_head"],
+    }
+    return {"values": values, "measured": {"seconds": round(seconds, 2),
+                                           "peak_rss_growth_gb": round(grew / 1e9, 3)}}
+
+
+def write_results(path: Path, rows: list[dict], command: str) -> None:
+    """The numbers and tables the docs quote, as a docs/results file."""
+    spec = importlib.util.spec_from_file_location("regen_docs", ROOT / "tools" / "regen_docs.py")
+    regen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(regen)
+    values: dict = {}
+    for r in rows:
+        v = {k: r[k] for k in ("n_parameters", "n_layers", "layer_parameters")}
+        for k in ("fp32", "bf16", "pair_fp32", "pair_bf16", "w_out_fp32", "w_u_fp32"):
+            v[f"{k}_gb"] = r[f"{k}_bytes"] / 1e9
+        v["layer_fp32_mb"] = r["layer_fp32_bytes"] / 1e6
+        v["w_out_fp32_mb"] = r["w_out_fp32_bytes"] / 1e6
+        v["w_u_folding_fp32_gb"] = 2 * r["w_u_fp32_bytes"] / 1e9  # W_U and its folded copy
+        # the per-lens table's columns (bf16 models), in the order of LENS_RESIDENCY
+        for key, b in zip(("one_model", "both_models", "ffn_files", "weight_delta_files"),
+                          lens_bytes(r, 2)):
+            v[f"lens_{key}_gb"] = b / 1e9
+        values[SLUGS[r["model"]]] = v
+    plan = plan_70b()
+    values["plan_70b_two_80gib_gpus"] = plan["values"]
+    regen.write_results(
+        path, generated_by=command, values=values,
+        measured={"plan_70b_two_80gib_gpus": plan["measured"], "machine": regen.machine_note()},
+        blocks={"table": table(rows), "lens-table": lens_table(rows),
+                "pair-table": pair_table(rows)})
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="one JSON line per model")
+    ap.add_argument("--results", type=Path, default=None, metavar="PATH",
+                    help="write the docs' numbers and tables to PATH (docs/results/NAME.json)")
     args = ap.parse_args(argv)
     rows = [measure(name, spec) for name, spec in CONFIGS.items()]
-    if args.json:
+    if args.results is not None:
+        write_results(args.results, rows,
+                      f"python tools/model_sizes.py --results {args.results.as_posix()}")
+        print(f"wrote {args.results}")
+    elif args.json:
         for r in rows:
             print(json.dumps(r))
     else:
