@@ -23,16 +23,24 @@ method against a float64 evaluation of the same weights (norms computed in float
 forward with logits at the response positions only against full logits. ``--quick`` runs a
 smaller model (d_model 256, 4 layers, vocabulary 20,000) on smaller (N, M).
 
-Run: ``python benchmarks/attribution.py [--quick] [--threads 1]``.
+A line ``measure: modes`` times the first configuration in both modes (forward: N products,
+reverse: M) and gives the cost of one forward-mode product over one reverse-mode product.
+
+Run: ``python benchmarks/attribution.py [--quick] [--threads 1] [--results FILE]``.
+``--results docs/results/bench-attribution.json`` also writes the numbers docs/attribution.md
+quotes (through ``tools/regen_docs.py``'s ``write_results``: timings, ratios and differences
+as ``measured``, the table and the targets as ``blocks``, the machine and the wall time).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import threading
@@ -171,7 +179,110 @@ def timed(fn):
     return dt, mem.mb, out
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _regen_docs():
+    """tools/regen_docs.py as a module (its ``write_results`` and ``machine_note``)."""
+    spec = importlib.util.spec_from_file_location("regen_docs", ROOT / "tools" / "regen_docs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _e(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1e}"
+
+
+def table(lines: list[dict]) -> str:
+    """The attribution lines as the Markdown table docs/attribution.md shows."""
+    rows = ["| (N, M) | mode | naive s | shiftlens s | time ratio | peak-memory ratio "
+            "| rel. max\\|Δ\\| | floor ratio | naive vs f64 | shiftlens vs f64 |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for ln in lines:
+        naive = f"{ln['t_naive_s']:.1f}"
+        if ln["naive_extrapolated"]:
+            naive += (f" ({ln['naive_columns_run']} of {ln['M']} columns run, "
+                      "extrapolated)")
+        rows.append(
+            f"| ({ln['N']}, {ln['M']}) | {ln['mode']} | {naive} | {ln['t_shiftlens_s']:.1f} "
+            f"| **{ln['time_ratio']:.2f}x** | {ln['peak_ratio']:.2f} "
+            f"| {_e(ln['rel_max_abs_diff'])} | {ln['floor_ratio']:.2f} "
+            f"| {_e(ln.get('rel_err_naive_vs_f64'))} | {_e(ln.get('rel_err_shiftlens_vs_f64'))} |")
+    return "\n".join(rows)
+
+
+def targets(lines: list[dict], quick: bool) -> str:
+    """The issue's targets, met or not in this run, as Markdown bullets."""
+    out = []
+    if not quick:
+        by = {(ln["N"], ln["M"]): ln for ln in lines}
+        parts = []
+        for shape, want in (((32, 64), 2.0), ((16, 256), 4.0)):
+            if shape in by:
+                r = by[shape]["time_ratio"]
+                parts.append(f"≥ {want:g}x at {shape}: {'met' if r >= want else 'NOT met'} "
+                             f"({r:.2f}x)")
+        out.append("- Targets: " + "; ".join(parts) + ".")
+    slower = [ln for ln in lines if ln["time_ratio"] < 1]
+    out.append("- Never slower than the loop: " + (
+        "met." if not slower else f"NOT met at {[(ln['N'], ln['M']) for ln in slower]}."))
+    worst = max(ln["peak_ratio"] for ln in lines)
+    out.append(f"- Peak memory ≤ 2x the loop's: {'met' if worst <= 2 else 'NOT met'} "
+               f"(at most {worst:.2f}x).")
+    rel = [ln["rel_max_abs_diff"] for ln in lines]
+    out.append(f"- Relative difference ≤ 1e-6: {'met' if max(rel) <= 1e-6 else '**not** met'} "
+               f"({min(rel):.1e} to {max(rel):.1e}).")
+    f64 = [ln for ln in lines if "rel_err_naive_vs_f64" in ln]
+    if f64:
+        closer = sum(ln["rel_err_shiftlens_vs_f64"] <= ln["rel_err_naive_vs_f64"] for ln in f64)
+        out.append(
+            f"- Against a float64 evaluation of the same weights: the naive loop is "
+            f"{min(ln['rel_err_naive_vs_f64'] for ln in f64):.1e} to "
+            f"{max(ln['rel_err_naive_vs_f64'] for ln in f64):.1e} away, shiftlens "
+            f"{min(ln['rel_err_shiftlens_vs_f64'] for ln in f64):.1e} to "
+            f"{max(ln['rel_err_shiftlens_vs_f64'] for ln in f64):.1e}; shiftlens is the closer "
+            f"one in {closer} of {len(f64)} configurations.")
+    return "\n".join(out)
+
+
+def write_results_file(path: Path, head: dict, modes: dict, lines: list[dict], argv: list[str],
+                       wall: float, quick: bool) -> None:
+    regen = _regen_docs()
+    measured = {
+        "machine": regen.machine_note(), "wall_s": round(wall, 1),
+        "settings": " ".join(shlex.quote(a) for a in argv), "model": lines[0]["model"],
+        "threads": lines[0]["threads"], "torch": lines[0]["torch"],
+        "head": {k: v for k, v in head.items() if k.startswith(("t_", "ratio", "N", "M"))},
+        "modes": {k: v for k, v in modes.items() if k not in ("bench", "device", "cpu",
+                                                             "torch", "model", "quick",
+                                                             "threads", "measure")},
+        "configs": [{k: v for k, v in ln.items() if k not in ("bench", "device", "cpu", "torch",
+                                                             "model", "quick", "threads",
+                                                             "measure")} for ln in lines],
+        "max_peak_ratio": max(ln["peak_ratio"] for ln in lines),
+        "min_time_ratio": min(ln["time_ratio"] for ln in lines),
+    }
+    rel = [ln["rel_max_abs_diff"] for ln in lines]
+    measured["rel_max_abs_diff_min"], measured["rel_max_abs_diff_max"] = min(rel), max(rel)
+    for key in ("rel_err_naive_vs_f64", "rel_err_shiftlens_vs_f64"):
+        xs = [ln[key] for ln in lines if key in ln]
+        if xs:
+            measured[f"{key}_min"], measured[f"{key}_max"] = min(xs), max(xs)
+    try:
+        rel_path = path.resolve().relative_to(ROOT)
+    except ValueError:
+        rel_path = path
+    cmd = ("python benchmarks/attribution.py "
+           + " ".join(shlex.quote(a) for a in argv if a != str(path))).replace(
+        "--results", f"--results {rel_path}")
+    regen.write_results(path, generated_by=cmd, measured=measured,
+                        blocks={"table": table(lines), "targets": targets(lines, quick)})
+    print(f"wrote {path}", file=sys.stderr)
+
+
 def main() -> None:
+    t_start = time.perf_counter()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller model and shapes (seconds)")
     ap.add_argument("--threads", type=int, default=None,
@@ -183,6 +294,9 @@ def main() -> None:
                          "spaced) and extrapolate its time linearly; 0 = all (slow: minutes)")
     ap.add_argument("--no-f64", action="store_true",
                     help="skip the float64 reference (error of each float32 method)")
+    ap.add_argument("--results", type=Path, default=None, metavar="FILE",
+                    help="also write the numbers as a docs results file "
+                         "(docs/results/bench-attribution.json)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -226,11 +340,28 @@ def main() -> None:
                 model(toks[None], return_type="logits", **kw)
                 best = min(best, time.perf_counter() - t)
             reps.append(best)
-    print(json.dumps({**common, "measure": "head", "N": N, "M": M,
-                      "t_forward_response_logits_s": round(reps[0], 4),
-                      "t_forward_full_logits_s": round(reps[1], 4),
-                      "ratio_full_over_response": round(reps[1] / reps[0], 2),
-                      "build_s": round(build_s, 1)}), flush=True)
+    head = {**common, "measure": "head", "N": N, "M": M,
+            "t_forward_response_logits_s": round(reps[0], 4),
+            "t_forward_full_logits_s": round(reps[1], 4),
+            "ratio_full_over_response": round(reps[1] / reps[0], 2),
+            "build_s": round(build_s, 1)}
+    print(json.dumps(head), flush=True)
+
+    # one forward-mode product (a JVP per prompt token) vs one reverse-mode product (a VJP per
+    # response token), at the first shape: best of 2 of each mode
+    t_mode = {}
+    for mode in ("forward", "reverse"):
+        t_mode[mode] = min(
+            timed(lambda mode=mode: attribution_matrix(model, toks, N, mode=mode,
+                                                       chunk_size=args.chunk_size))[0]
+            for _ in range(2))
+    modes = {**common, "measure": "modes", "N": N, "M": M,
+             "t_forward_s": round(t_mode["forward"], 3), "t_reverse_s": round(t_mode["reverse"], 3),
+             "forward_over_reverse_per_product": round(
+                 (t_mode["forward"] / N) / (t_mode["reverse"] / M), 2)}
+    print(json.dumps(modes), flush=True)
+
+    lines = []
 
     for N, M in cfg["shapes"]:
         toks = torch.randint(3, cfg["vocab"], (N + M,), generator=g)
@@ -256,7 +387,7 @@ def main() -> None:
                 "rel_err_shiftlens_vs_f64": float(
                     f"{float((a_cols.double() - ref64).abs().max()) / s64:.3g}"),
             }
-        print(json.dumps({
+        line = {
             **common, "measure": "attribution", "N": N, "M": M, "mode": info["mode"],
             "chunk_size": args.chunk_size,
             "naive_columns_run": len(cols), "naive_extrapolated": len(cols) < M,
@@ -268,9 +399,14 @@ def main() -> None:
             "t_unit_fwd_bwd_s": round(unit, 4),
             "floor_ratio": round(t_ours / (min(N, M) * unit), 3),
             **extra,
-        }), flush=True)
+        }
+        lines.append(line)
+        print(json.dumps(line), flush=True)
         del a, ref
         gc.collect()
+    if args.results is not None:
+        write_results_file(args.results, head, modes, lines, sys.argv[1:],
+                           time.perf_counter() - t_start, args.quick)
 
 
 if __name__ == "__main__":

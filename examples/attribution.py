@@ -1,15 +1,20 @@
 """Lens 1: which prompt tokens do the responses rest on? Attribution, importance density and the
 instruction score of base vs tuned (Wu et al. 2024, section 3).
 
-Run: python examples/attribution.py [--out out/attribution] [--n 21]
+Run: python examples/attribution.py [--out out/attribution] [--n 14]
 Uses the embedded pair (shiftlens.zoo) when shipped, else a tiny random pair built in code.
+Writes the figures and results to --out, with numbers.json: the numbers docs/attribution.md
+quotes (values: deterministic; measured: times), copied to docs/results/attribution.json by
+``python tools/regen_docs.py --results attribution``.
 """
 
 # %%
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -28,6 +33,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--out", default="out/attribution")
 ap.add_argument("--n", type=int, default=14, help="prompts for the pair comparison")
 args = ap.parse_args()
+t_start = time.perf_counter()
 out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
 torch.set_num_threads(1)  # small models: one thread is fastest on a shared CPU
@@ -138,4 +144,21 @@ with warnings.catch_warnings():
 print(pos.summary()["sentence"])
 pos.save(out / "position")
 plt.close(pos.show(out / "position.png"))
+
+# %% numbers.json: what docs/attribution.md quotes (the settings figure's caption)
+def _test(block: dict) -> dict:
+    return {k: block[k] for k in ("mean_a", "mean_b", "diff", "pvalue", "n_a")}
+
+
+values = {
+    "pair": "toy" if toy else "tiny", "n_prompts": len(prompts), "max_new_tokens": 12,
+    "settings": {"headline": s["headline"], "agree": s["agree"],
+                 "reference": _test(s["reference"]["overall"]),
+                 "own": _test(s["own"]["overall"]),
+                 "lengths": s["response_lengths"]},
+}
+load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+measured = {"seconds": round(time.perf_counter() - t_start, 1), "load": load,
+            "forward_vs_reverse_rel": rel}  # float32 rounding: differs between machines
+(out / "numbers.json").write_text(json.dumps({"values": values, "measured": measured}, indent=1))
 print(f"figures and results in {out}/")
