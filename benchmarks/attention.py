@@ -22,14 +22,23 @@ measurement; ``ratio`` = per-head loop time / batched time on the compared layer
 
     python benchmarks/attention.py            # 24 layers, 30k words
     python benchmarks/attention.py --quick    # 4 layers, 10k words (both methods on all 4)
+    python benchmarks/attention.py --quick --results docs/results/bench-attention.json
+
+``--results PATH`` runs the setting with and without the relatedness filter and writes a
+results file (tools/regen_docs.py's ``write_results``: the settings and pair counts as
+``values``, times, ratios and the machine as ``measured``, the table docs/attention.md shows
+as the block ``table``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -87,7 +96,7 @@ def same(a: LayerPairs, b: LayerPairs) -> bool:
     return exact and close
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="4 layers, 10k words")
     ap.add_argument("--layers", type=int, default=24)
@@ -102,12 +111,18 @@ def main() -> None:
     ap.add_argument("--no-filter", action="store_true", help="skip the relatedness filter")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+    ap.add_argument("--results", type=Path, default=None, metavar="PATH",
+                    help="run with and without the filter and write a results file for the docs")
+    args = ap.parse_args(argv)
     if args.quick:
         args.layers, args.words, args.loop_layers = 4, 10_000, 4
+    return args
+
+
+def run(args: argparse.Namespace, *, use_filter: bool) -> dict:
+    """One measurement: the filter bind, then the batched function on every layer and the
+    per-head loop on the first ``loop_layers``; prints and returns the JSON records."""
     loop_layers = max(1, min(args.loop_layers, args.layers))
-    if args.threads:
-        torch.set_num_threads(args.threads)
     d_head = args.d_model // args.heads
     g = torch.Generator().manual_seed(args.seed)
     E = torch.randn(args.words, args.d_model, generator=g) * 0.02
@@ -120,15 +135,16 @@ def main() -> None:
     setting = {
         "layers": args.layers, "n_words": args.words, "d_model": args.d_model,
         "heads": args.heads, "kv_heads": args.kv_heads, "d_head": d_head,
-        "top_dims": args.top_dims, "top_k": args.top_k, "filter": not args.no_filter,
+        "top_dims": args.top_dims, "top_k": args.top_k, "filter": use_filter,
         "threads": torch.get_num_threads(), "seed": args.seed, "torch": torch.__version__,
         "machine": platform.machine(),
     }
-    t0 = time.perf_counter()
-    bound = None if args.no_filter else cosine_threshold(E, n_baseline=3000)
-    t_bind = time.perf_counter() - t0
-    print(json.dumps({"bench": "attention.filter_bind", **setting, "seconds": round(t_bind, 3)}),
-          flush=True)
+    t0, c0 = time.perf_counter(), time.process_time()
+    bound = cosine_threshold(E, n_baseline=3000) if use_filter else None
+    t_bind, c_bind = time.perf_counter() - t0, time.process_time() - c0
+    bind = {"bench": "attention.filter_bind", **setting, "seconds": round(t_bind, 3),
+            "cpu_s": round(c_bind, 3)}
+    print(json.dumps(bind), flush=True)
     kw = dict(top_dims=args.top_dims, top_k=args.top_k, pair_filter=bound)
     qk_word_pairs(E, *weights[0], **kw)  # warm-up (allocator, threads)
     t_total = t_batched = t_loop = c_total = c_batched = c_loop = 0.0
@@ -149,7 +165,7 @@ def main() -> None:
             t_loop += time.perf_counter() - t0
             c_loop += time.process_time() - c0
             identical &= same(a, b)
-    print(json.dumps({
+    rec = {
         "bench": "attention.word_pairs_all_heads", **setting,
         "batched_total_s": round(t_total, 3), "n_pairs": n_pairs,
         "compared_layers": loop_layers,
@@ -157,9 +173,68 @@ def main() -> None:
         "ratio": round(t_loop / t_batched, 3), "identical": identical,
         "batched_total_cpu_s": round(c_total, 3), "batched_cpu_s": round(c_batched, 3),
         "per_head_loop_cpu_s": round(c_loop, 3), "cpu_ratio": round(c_loop / c_batched, 3),
-    }), flush=True)
+    }
+    print(json.dumps(rec), flush=True)
     if not identical:
         raise SystemExit("batched and per-head results differ")
+    return {"bind": bind, "pairs": rec}
+
+
+def _regen_docs():
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("regen_docs", root / "tools" / "regen_docs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def write_results_file(args: argparse.Namespace, runs: dict[str, dict],
+                       argv: list[str]) -> None:
+    """The docs' results file: settings and pair counts (values), times and ratios
+    (measured), the table (block ``table``)."""
+    regen = _regen_docs()
+    label = {"filter": "embedding-cosine filter", "no_filter": "no filter"}
+    rows = ["| run | batched, all layers | compared layers | per-head loop / batched |",
+            "|---|---|---|---|"]
+    for name, r in runs.items():
+        p = r["pairs"]
+        rows.append(
+            f"| {label[name]} | {p['batched_total_s']:.1f} s wall, "
+            f"{p['batched_total_cpu_s']:.1f} s CPU ({p['n_pairs']:,} pairs) | "
+            f"{p['compared_layers']} of {p['layers']} | **{p['ratio']:.2f}x** wall "
+            f"({p['per_head_loop_s']:.1f} s vs {p['batched_s']:.1f} s), "
+            f"{p['cpu_ratio']:.2f}x CPU |")
+    first = next(iter(runs.values()))["pairs"]
+    values = {"setting": {k: first[k] for k in ("layers", "n_words", "d_model", "heads",
+                                                "kv_heads", "d_head", "top_dims", "top_k",
+                                                "compared_layers", "seed")},
+              **{name: {"n_pairs": r["pairs"]["n_pairs"], "identical": r["pairs"]["identical"]}
+                 for name, r in runs.items()}}
+    measured = {
+        "machine": regen.machine_note(), "threads": first["threads"], "torch": first["torch"],
+        **{name: {"bind_s": r["bind"]["seconds"], "bind_cpu_s": r["bind"]["cpu_s"],
+                  **{k: r["pairs"][k] for k in ("batched_total_s", "batched_total_cpu_s",
+                                                "batched_s", "per_head_loop_s", "ratio",
+                                                "batched_cpu_s", "per_head_loop_cpu_s",
+                                                "cpu_ratio")}}
+           for name, r in runs.items()},
+    }
+    cmd = " ".join(["python", "benchmarks/attention.py", *argv])
+    regen.write_results(args.results, generated_by=cmd, values=values, measured=measured,
+                        blocks={"table": "\n".join(rows)})
+    print(f"wrote {args.results}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.results is None:
+        run(args, use_filter=not args.no_filter)
+        return
+    runs = {"filter": run(args, use_filter=True), "no_filter": run(args, use_filter=False)}
+    write_results_file(args, runs, argv)
 
 
 if __name__ == "__main__":
