@@ -6,7 +6,6 @@ packages (requirements/real.txt) and is in the real tier."""
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 import subprocess
 import sys
@@ -57,16 +56,13 @@ def _regen():
 def assert_same_values(fresh: dict, committed: dict, name: str, rel: float = 1e-4) -> None:
     """The values an example printed now are the ones the docs quote (docs/results/<stem>.json,
     whose numbers the docs' markers show; tests/unit/test_docs_numbers.py checks that part).
-    Floats agree to ``rel`` (BLAS summation order may differ between machines), the rest exactly."""
-    bad = []
-    for key in sorted(set(fresh) | set(committed)):
-        a, b = fresh.get(key, "<missing>"), committed.get(key, "<missing>")
-        if isinstance(a, float) and isinstance(b, (int, float)) and not isinstance(b, bool):
-            if (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=rel, abs_tol=1e-9):
-                continue
-        elif a == b:
-            continue
-        bad.append(f"{key}: the run gives {a!r}, docs/results/{name[:-3]}.json has {b!r}")
+    Floats agree to ``rel`` (BLAS summation order may differ between machines), numbers printed in
+    text to one unit of their last digit, the rest exactly (``regen_docs.same_value``)."""
+    same = _regen().same_value
+    bad = [f"{key}: the run gives {fresh.get(key, '<missing>')!r}, docs/results/{name[:-3]}.json "
+           f"has {committed.get(key, '<missing>')!r}"
+           for key in sorted(set(fresh) | set(committed))
+           if not same(fresh.get(key, "<missing>"), committed.get(key, "<missing>"), rel)]
     assert not bad, (f"{name}: the numbers the docs quote are not what the example gives now "
                      "(rerun `python tools/regen_docs.py --results " + name[:-3] + "`):\n"
                      + "\n".join(bad[:30]))
