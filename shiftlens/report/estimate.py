@@ -17,7 +17,8 @@ magnitude: minutes or hours), and is only printed when it exceeds :data:`ESTIMAT
 
 A lens outside the built-in four can supply its own model: a function
 ``estimate_work(cfg, counts, options) -> Work`` in its section module (``LensSpec.section``'s
-module); without one it is counted as two batched forward passes per prompt and one figure.
+module; the crosscoder lens has one, counting its training); without one it is counted as two
+batched forward passes per prompt and one figure.
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ ESTIMATE_THRESHOLD_S = 60.0
 #: Batch size of the batched calibration pass (the capture-based lenses batch 8 prompts).
 BATCH = 8
 #: Bookkeeping cost of one item (a head's word pairs; a component's annotation and its share of
-#: the bootstrap tests; a layer's decomposition) in units of the calibration loop; fitted on the
-#: embedded pair, where this bookkeeping, not arithmetic, is most of the time.
-ITEM_COST = {"head": 10.0, "component": 1.0, "layer": 24.0}
+#: the bootstrap tests; a layer's decomposition; a crosscoder training step's optimizer and top-k
+#: work) in units of the calibration loop; fitted on the embedded pair, where this bookkeeping,
+#: not arithmetic, is most of the time (benchmarks/estimate.py prints the per-lens ratios).
+ITEM_COST = {"head": 10.0, "component": 1.0, "layer": 24.0, "step": 8.0}
 
 
 @dataclass

@@ -128,3 +128,21 @@ def test_estimate_is_within_a_sane_factor_on_the_toy_pair(capsys, tmp_path):
     est = m["estimate"]["seconds"]
     took = sum(rec["seconds"] for rec in m["lenses"].values())
     assert took / 10 <= est <= took * 10, (est, took, m["estimate"]["per_lens"])
+
+
+def test_crosscoder_estimate_counts_its_training(llama_pair):
+    """The crosscoder lens's own work model: training flops grow with steps, batch and width
+    (the default model, two batched passes per prompt, underestimated it 7.6x on the demo)."""
+    from shiftlens.lenses.crosscoder.section import estimate_work, report_config
+
+    w = estimate_work(_Cfg(), {"crosscoder": 10}, {})
+    c = report_config(_Cfg.d_model)
+    assert w.batched == 20.0 and w.items == {"step": float(c.steps)}
+    assert w.flops == 12.0 * c.steps * c.batch_size * 2 * _Cfg.d_model * c.n_latents
+    more = estimate_work(_Cfg(), {"crosscoder": 10}, {"crosscoder_config": {"steps": 2 * c.steps}})
+    assert more.flops == 2 * w.flops and more.items["step"] == 2 * c.steps
+    import shiftlens.lenses.crosscoder  # noqa: F401 - registers the lens
+
+    est = estimate_report(llama_pair, default_prompts()[:5], lenses=["crosscoder"],
+                          counts={"crosscoder": {"crosscoder": 5}}, calibration=CAL)
+    assert est.work["crosscoder"].items == {"step": float(c.steps)}  # its own model, not the default

@@ -35,6 +35,36 @@ def report_config(d_model: int, overrides: dict[str, Any] | None = None) -> Any:
     return cfg.replace(**(overrides or {}))
 
 
+def estimate_work(cfg: Any, counts: Any, options: Any) -> Any:
+    """The crosscoder's planned work for the report's run-time estimate.
+
+    One batched pass of both models per prompt (the activations), the training's matrix products
+    (per step, forward and backward through both models' encoder and decoder: about
+    ``12 * batch * 2 * d_model * n_latents`` flops) and one bookkeeping item per step (optimizer,
+    top-k, dead-latent tracking), one figure.
+
+    Args:
+        cfg: The pair's config (``d_model``).
+        counts: Prompts per cap key (``{"crosscoder": 64}``).
+        options: The report options (``crosscoder_config`` overrides).
+
+    Returns:
+        A :class:`shiftlens.report.estimate.Work`.
+
+    Example:
+        >>> class C: d_model = 64
+        >>> estimate_work(C(), {"crosscoder": 10}, {}).batched
+        20.0
+    """
+    from shiftlens.report.estimate import Work
+
+    c = report_config(int(getattr(cfg, "d_model", 1) or 1), (options or {}).get("crosscoder_config"))
+    d = int(getattr(cfg, "d_model", 1) or 1)
+    flops = 12.0 * c.steps * c.batch_size * 2 * d * c.n_latents
+    return Work(batched=2.0 * int(counts.get("crosscoder", 0)), flops=flops,
+                items={"step": float(c.steps)}, figures=1)
+
+
 def section(ctx: Any, sec: Section) -> None:
     """Fill the report's crosscoder section: classes, tuned-only latents, token readouts.
 
