@@ -20,9 +20,12 @@ is steadier than wall time on a shared machine; both are printed):
 Prints one JSON line per measurement, writes them all to
 ``benchmarks/results/activation_difference.json`` and the table of ratios between the markers of
 docs/diffing.md's "Cost" section (``--from-json FILE`` rewrites that table from a finished run, no
-compute; ``--no-docs`` leaves the docs alone).
+compute; ``--no-docs`` leaves the docs alone). ``--results PATH`` also writes a results file
+(``tools/regen_docs.py``'s ``write_results``: every ratio and CPU time as measured, with where it
+ran; texts and mean tokens as values) whose numbers docs/diffing.md's prose quotes through markers.
 
     python benchmarks/activation_difference.py          # the embedded topic organism
+    python benchmarks/activation_difference.py --results docs/results/bench-activation-difference.json
     python benchmarks/activation_difference.py --quick  # fewer texts, results not written
 """
 
@@ -82,12 +85,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-docs", action="store_true", help="do not update docs/diffing.md")
     ap.add_argument("--from-json", metavar="FILE", default=None,
                     help="rewrite the docs table from a finished run's JSON, no compute")
+    ap.add_argument("--results", metavar="PATH", type=Path, default=None,
+                    help="also write a results file (docs/results/bench-activation-difference.json)")
     args = ap.parse_args(argv)
     if args.from_json:
-        rows = json.loads(Path(args.from_json).read_text())["measurements"]
+        saved = json.loads(Path(args.from_json).read_text())
+        rows = saved["measurements"]
         print(markdown(rows))
         if not args.no_docs:
             write_docs(markdown(rows))
+        if args.results is not None:
+            write_results_file(args.results, rows, saved.get("machine", "not recorded"))
         return
     torch.set_num_threads(1)
     rows: list[dict[str, Any]] = []
@@ -143,12 +151,40 @@ def main(argv: list[str] | None = None) -> None:
               unit="greedy", new_tokens=24, n_prompts=8, **common))
     if args.quick:
         return
+    machine = _regen().machine_note()
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(dict(measurements=rows, repeats=repeats), indent=1) + "\n")
+    OUT.write_text(json.dumps(dict(measurements=rows, repeats=repeats, machine=machine),
+                              indent=1) + "\n")
     md = markdown(rows)
     print(md)
     if not args.no_docs:
         write_docs(md)
+    if args.results is not None:
+        write_results_file(args.results, rows, machine)
+
+
+def _regen() -> Any:
+    """tools/regen_docs.py as a module (its ``write_results`` and ``machine_note``)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("regen_docs", ROOT / "tools" / "regen_docs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def write_results_file(path: Path, rows: list[dict[str, Any]], machine: str) -> None:
+    """The results file docs/diffing.md's markers read: per method its ratio to its unit and its
+    CPU seconds (measured), the texts and their mean length (values)."""
+    by = {r["method"]: r for r in rows}
+    f = by["forward"]
+    rel = path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
+    _regen().write_results(
+        path, generated_by=f"python benchmarks/activation_difference.py --results {rel}",
+        values=dict(organism=f["organism"], n_texts=f["n_texts"], mean_tokens=f["mean_tokens"]),
+        measured=dict(machine=machine, torch=f["torch"],
+                      ratio={m: r["ratio"] for m, r in by.items()},
+                      cpu_s={m: r["cpu_s"] for m, r in by.items()}))
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:

@@ -18,9 +18,13 @@ and peak resident memory above the RSS after the imports (``VmHWM`` after a rese
 ``/proc/self/clear_refs``; tracemalloc cannot see torch's CPU allocations), next to the bytes
 of the store and of one shard. The ratios disk / memory are printed last.
 
-Prints one JSON line per measurement. ``--quick`` runs a smaller configuration.
+Prints one JSON line per measurement. ``--quick`` runs a smaller configuration. ``--results
+PATH`` also writes a results file (``tools/regen_docs.py``'s ``write_results``: the settings as
+values, throughputs, peaks and ratios as measured, with where it ran, and the table as the block
+``table``) that docs/crosscoder.md's markers quote.
 
     python benchmarks/crosscoder.py [--quick] [--threads 1] [--device cpu] [--dtype float32]
+    python benchmarks/crosscoder.py --quick --results docs/results/bench-crosscoder.json
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
 
 _CHILD = r"""
 import json, sys, time, torch
@@ -97,13 +102,54 @@ def run_mode(mode: str, cfg: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def table(res: dict[str, dict], ratios: dict[str, float]) -> str:
+    """The Markdown table of docs/crosscoder.md: throughput and peak memory per source, ratios."""
+    def row(label: str, r: dict) -> str:
+        return (f"| {label} | {r['activations_per_s']:,.0f} activations/s "
+                f"({r['rows_per_s']:,.0f} rows/s) | {r['peak_bytes'] / 2**20:.1f} MiB |")
+
+    return "\n".join([
+        "| source | throughput | peak RSS above imports |", "|---|---|---|",
+        row("in memory (`InMemoryActivations`)", res["memory"]),
+        row("streamed (`ActivationStore`)", res["disk"]),
+        f"| ratio streamed / in memory | **{ratios['throughput_disk_over_memory']:.2f}** | "
+        f"**{ratios['peak_disk_over_memory']:.2f}** |"])
+
+
+def write_results_file(path: Path, argv: list[str], store: dict, res: dict[str, dict],
+                       ratios: dict[str, float]) -> None:
+    """``path`` in the format of ``docs/results/NAME.json`` (through tools/regen_docs.py)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("regen_docs", ROOT / "tools" / "regen_docs.py")
+    regen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(regen)
+    settings = {k: store[k] for k in ("rows", "d_model", "shards", "store_mib", "shard_mib",
+                                      "n_latents", "k", "batch", "steps", "device", "dtype",
+                                      "threads")}
+    measured = {"machine": regen.machine_note(), "write_rows_per_s": store["write_rows_per_s"],
+                **ratios}
+    for mode, r in res.items():
+        measured[mode] = {k: r[k] for k in ("rows_per_s", "activations_per_s", "loop_s")}
+        measured[mode]["peak_mib"] = r["peak_bytes"] / 2**20
+    rel = path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
+    cmd = " ".join(["python benchmarks/crosscoder.py", *argv, "--results", str(rel)])
+    regen.write_results(path, generated_by=cmd, values=settings, measured=measured,
+                        blocks={"table": table(res, ratios)})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a smaller configuration")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float64"))
+    ap.add_argument("--results", type=Path, default=None, metavar="PATH",
+                    help="also write a results file (docs/results/bench-crosscoder.json)")
     a = ap.parse_args()
+    argv = [x for x in ("--quick",) if a.quick]
+    argv += [f"--{k} {v}" for k, v, d in (("threads", a.threads, 1), ("device", a.device, "cpu"),
+                                          ("dtype", a.dtype, "float32")) if v != d]
     if not sys.platform.startswith("linux"):
         raise SystemExit("reads /proc/self/status: Linux only")
     if a.quick:
@@ -118,22 +164,25 @@ def main() -> None:
         store_bytes = rows * 2 * d_model * 4
         cfg = dict(store=str(store), threads=a.threads, device=a.device, dtype=a.dtype,
                    latents=latents, k=32, steps=steps, batch=batch, shard_rows=shard)
-        print(json.dumps(dict(what="store", rows=rows, d_model=d_model, shards=rows // shard,
-                              store_mib=store_bytes / 2**20,
-                              shard_mib=shard * 2 * d_model * 4 / 2**20,
-                              write_rows_per_s=rows / write_s, n_latents=latents, k=32,
-                              batch=batch, steps=steps, device=a.device, dtype=a.dtype,
-                              threads=a.threads)))
+        store_line = dict(what="store", rows=rows, d_model=d_model, shards=rows // shard,
+                          store_mib=store_bytes / 2**20,
+                          shard_mib=shard * 2 * d_model * 4 / 2**20,
+                          write_rows_per_s=rows / write_s, n_latents=latents, k=32,
+                          batch=batch, steps=steps, device=a.device, dtype=a.dtype,
+                          threads=a.threads)
+        print(json.dumps(store_line))
         res = {}
         for mode in ("memory", "disk"):
             r = res[mode] = run_mode(mode, cfg)
             print(json.dumps(dict(what="train", **r, peak_mib=r["peak_bytes"] / 2**20)))
-        print(json.dumps(dict(
-            what="ratios",
+        ratios = dict(
             throughput_disk_over_memory=res["disk"]["rows_per_s"] / res["memory"]["rows_per_s"],
             peak_disk_over_memory=res["disk"]["peak_bytes"] / res["memory"]["peak_bytes"],
-            peak_disk_over_store=res["disk"]["peak_bytes"] / store_bytes,
-            activations_per_s_disk=res["disk"]["activations_per_s"])))
+            peak_disk_over_store=res["disk"]["peak_bytes"] / store_bytes)
+        print(json.dumps(dict(what="ratios", **ratios,
+                              activations_per_s_disk=res["disk"]["activations_per_s"])))
+    if a.results is not None:
+        write_results_file(a.results, argv, store_line, res, ratios)
 
 
 if __name__ == "__main__":

@@ -29,10 +29,14 @@ amplification decodes ``neutral_texts(8, 1, seed=3)`` (single sentences); the AD
 
 Writes ``benchmarks/results/diffing_table.json`` (every cell with its top-20 tokens and the
 method's run time) and ``.md``, and replaces the table between the markers in
-``docs/diffing.md``. Prints one JSON line per cell.
+``docs/diffing.md``. Prints one JSON line per cell. ``--results PATH`` also writes a results file
+(``tools/regen_docs.py``'s ``write_results``: every cell's score and the chance levels as values,
+the wall time as measured) whose numbers docs/diffing.md's prose quotes through markers; with
+``--from-json`` it is written from a finished run.
 
     python benchmarks/diffing_table.py                   # the full table (about 15 minutes)
     python benchmarks/diffing_table.py --pairs topic,control --methods activation
+    python benchmarks/diffing_table.py --results docs/results/bench-diffing-table.json
 """
 
 from __future__ import annotations
@@ -206,6 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-docs", action="store_true", help="do not update docs/diffing.md")
     ap.add_argument("--from-json", metavar="FILE", default=None,
                     help="rewrite the markdown (and docs) from a finished run's JSON, no compute")
+    ap.add_argument("--results", type=Path, default=None, metavar="PATH",
+                    help="also write a results file (docs/results/bench-diffing-table.json)")
     args = ap.parse_args(argv)
     if args.from_json:
         table = json.loads(Path(args.from_json).read_text())
@@ -213,6 +219,8 @@ def main(argv: list[str] | None = None) -> None:
         print(md)
         if not args.no_docs:
             write_docs(md, _footer(table))
+        if args.results is not None:
+            write_results_file(args.results, table)
         return
     torch.set_num_threads(1)
     names = [n.strip() for n in args.pairs.split(",") if n.strip()]
@@ -258,6 +266,33 @@ def main(argv: list[str] | None = None) -> None:
     print(md)
     if not args.no_docs and set(names) == set(SCORED) and not args.methods:
         write_docs(md, _footer(table))
+    if args.results is not None:
+        write_results_file(args.results, table)
+
+
+def slug(label: str) -> str:
+    """A column label as a results key: ``"WeightDelta (unembed)"`` -> ``weightdelta_unembed``."""
+    return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
+
+
+def write_results_file(path: Path, table: dict[str, Any]) -> None:
+    """The table as a results file: ``score.<pair>.<column>`` and ``chance.<pair>`` (values),
+    the run's wall time (measured)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("regen_docs", ROOT / "tools" / "regen_docs.py")
+    regen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(regen)
+    scores: dict[str, dict[str, float]] = {}
+    for c in table["cells"]:
+        if "score" in c:
+            scores.setdefault(c["pair"], {})[slug(c["method"])] = c["score"]
+    rel = path.resolve()
+    rel = rel.relative_to(ROOT) if rel.is_relative_to(ROOT) else path
+    regen.write_results(path, generated_by=f"python benchmarks/diffing_table.py --results {rel}",
+                        values=dict(score=scores, chance=table["chance"],
+                                    n_methods=len(table["methods"]), n_pairs=len(table["pairs"])),
+                        measured=dict(wall_s=table.get("wall_s")))
 
 
 def _footer(table: dict[str, Any]) -> str:
