@@ -7,7 +7,8 @@
     python tools/regen_docs.py --no-bench     # keep the benchmark block of numbers.json
     python tools/regen_docs.py --bench-from F # benchmarks/generate.py --quick output saved in F
     python tools/regen_docs.py --examples     # also rerun every example, refresh its
-                                              # docs/results/<example>.json
+                                              # docs/results/<example>.json and the figures
+                                              # its page embeds (docs/figures/)
     python tools/regen_docs.py --results NAME # rerun the command docs/results/NAME.json names
     python tools/regen_docs.py --check        # change nothing: list every marked number or
                                               # block that differs from docs/numbers.json
@@ -553,21 +554,39 @@ def rerun_results(name: str) -> None:
                    env={**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"})
 
 
+FIGURE_RE = re.compile(r"\]\(figures/([A-Za-z0-9_\-]+)/([A-Za-z0-9_.\-]+\.png)\)")
+MADE_BY_RE = re.compile(r"Made by `python (examples/[A-Za-z0-9_]+\.py)(?: --out [^`]+)?`")
+
+
+def page_figures(text: str) -> tuple[str | None, list[tuple[str, str]]]:
+    """A page's example (``Made by `python examples/X.py ...```) and the ``(folder, file)`` of
+    every figure it embeds from ``docs/figures/``."""
+    m = MADE_BY_RE.search(text)
+    return (m.group(1) if m else None), FIGURE_RE.findall(text)
+
+
 def run_examples() -> None:
-    """Rerun every example whose figures a docs page embeds ("Made by `python examples/...`"),
-    then every example with a results file (its ``OUT/numbers.json`` copied to
-    ``docs/results/<stem>.json``)."""
+    """Rerun every example with a results file (its ``OUT/numbers.json`` copied to
+    ``docs/results/<stem>.json``), then every example whose figures a page embeds ("Made by
+    `python examples/X.py`"), copying each embedded PNG it wrote to ``docs/figures/``."""
     for script in example_scripts():
         run_example(script)
-    seen = set()
     for path in doc_files():
-        for cmd in re.findall(r"Made by `(python examples/[^`]+)`", path.read_text()):
-            if cmd in seen:
-                continue
-            seen.add(cmd)
-            print(f"running {cmd}", file=sys.stderr)
-            subprocess.run([sys.executable, *cmd.split()[1:]], check=True, cwd=ROOT,
-                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        script, figs = page_figures(path.read_text(encoding="utf-8"))
+        if script is None or not figs:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            print(f"running python {script} --out OUT (figures of {path.name})", file=sys.stderr)
+            subprocess.run([sys.executable, str(ROOT / script), "--out", f"{tmp}/out"],
+                           check=True, cwd=tmp,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"})
+            for folder, name in figs:
+                src = Path(tmp) / "out" / name
+                if not src.exists():
+                    raise SystemExit(f"{path.name} embeds figures/{folder}/{name}, which "
+                                     f"python {script} did not write")
+                (ROOT / "docs" / "figures" / folder).mkdir(parents=True, exist_ok=True)
+                (ROOT / "docs" / "figures" / folder / name).write_bytes(src.read_bytes())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -171,3 +171,19 @@ def test_every_results_file_names_its_source():
         assert (ROOT / script).exists(), f"{f.name}: {r['generated_by']!r} names no script"
         if (ROOT / "examples" / f"{f.stem}.py").exists():
             assert r["generated_by"] == f"python examples/{f.stem}.py", f.name
+
+
+def test_every_embedded_figure_comes_from_its_page_example():
+    """Each figure a page embeds from docs/figures/ exists, and the page names the example that
+    writes it (``Made by `python examples/X.py ...```), whose source names the file:
+    ``tools/regen_docs.py --examples`` reruns it and copies the figure."""
+    seen = 0
+    for path in regen.doc_files():
+        script, figs = regen.page_figures(path.read_text(encoding="utf-8"))
+        for folder, name in figs:
+            seen += 1
+            assert (ROOT / "docs" / "figures" / folder / name).exists(), (path.name, name)
+            assert script is not None, f"{path.name} embeds {name} but names no example"
+            src = (ROOT / script).read_text(encoding="utf-8")
+            assert name in src or name.rsplit(".", 1)[0] in src, (path.name, script, name)
+    assert seen >= 15
