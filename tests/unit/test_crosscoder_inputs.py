@@ -172,3 +172,16 @@ def test_diff_refuses_an_earlier_run_before_capturing(tmp_path):
     train_crosscoder(src, cfg, out_dir=tmp_path, stop_at=2, progress=False)
     with pytest.raises(ShiftlensError, match="holds checkpoints of an earlier run"):
         crosscoder_diff(None, ["never captured"], 0, out_dir=tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("held", ["activations", "result"])
+def test_diff_refuses_an_earlier_run_without_checkpoints(tmp_path, held):
+    """A finished run without checkpoints (checkpoint_every=0) left activations and a result:
+    a second run into the same directory is refused, not silently overwritten."""
+    from shiftlens.lenses.crosscoder.compare import crosscoder_diff
+
+    (tmp_path / held).mkdir()
+    (tmp_path / held / "manifest.json").write_text("{}")
+    with pytest.raises(ShiftlensError, match=f"holds {held} of an earlier run.*nothing was"):
+        crosscoder_diff(None, ["never captured"], 0, out_dir=tmp_path, progress=False)
+    assert (tmp_path / held / "manifest.json").read_text() == "{}"

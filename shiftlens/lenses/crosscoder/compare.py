@@ -497,6 +497,12 @@ def crosscoder_diff(
         raise ShiftlensError(f"{str(out_dir)!r} holds checkpoints of an earlier run; pass "
                              "resume=True (--resume) to continue it, or choose another "
                              "directory")
+    if out_dir is not None and not resume:
+        held = [n for n in ("activations", "crosscoder", "result") if (Path(out_dir) / n).exists()]
+        if held:  # a run without checkpoints: its activations and result would be overwritten
+            raise ShiftlensError(f"{str(out_dir)!r} holds {', '.join(held)} of an earlier run; "
+                                 "pass resume=True (--resume) to reuse its activations, or "
+                                 "choose another directory (nothing was overwritten)")
     tmp = None
     if out_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="shiftlens-crosscoder-")
