@@ -24,15 +24,21 @@ Usage::
 
     python benchmarks/ffn.py            # 24 layers, k=300 (the paper's cut)
     python benchmarks/ffn.py --quick    # 3 layers, smaller comparisons (well under a minute)
+    python benchmarks/ffn.py --quick --results docs/results/bench-ffn.json
+                                        # also the results file docs/ffn.md quotes (times and
+                                        # ratios, the table, where it ran)
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import random
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -42,8 +48,13 @@ from shiftlens.lenses.ffn.core import normalized_word_vectors, pca, top_words
 from shiftlens.lenses.ffn.subspaces import ComponentCache, principal_angles
 from shiftlens.weights import WordVocab
 
+ROOT = Path(__file__).resolve().parents[1]
+#: Every record emitted in this run, for ``--results``.
+RECORDS: list[dict] = []
+
 
 def emit(**rec) -> None:
+    RECORDS.append(rec)
     print(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in rec.items()}),
           flush=True)
 
@@ -135,7 +146,11 @@ def main() -> None:
                     help="run this measurement only")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--results", type=Path, default=None, metavar="PATH",
+                    help="also write a docs results file (tools/regen_docs.py's format): the "
+                         "records as measured entries, the Markdown table, where it ran")
     args = ap.parse_args()
+    t_start = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
     n_layers = args.layers or (3 if args.quick else 24)
@@ -152,6 +167,74 @@ def main() -> None:
     if args.only != "report_cache":
         tensor_level(args, dev, W_U, vocab, n_layers, naive_layers)
     report_cache(args, dev, W_U, vocab)
+    if args.results is not None:
+        write_results_file(args.results, time.perf_counter() - t_start)
+
+
+def _regen_docs():
+    spec = importlib.util.spec_from_file_location("regen_docs", ROOT / "tools" / "regen_docs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def results_table(recs: dict) -> str:
+    """The Markdown table docs/ffn.md shows, from this run's records."""
+    rows = ["| measurement | result |", "|---|---|"]
+    cfg = recs["config"]
+    svd = recs["pca_solver"]["svd"]
+    k = cfg["k"]
+    for key, r in recs["pca_solver"].items():
+        if key == "svd":
+            continue
+        evr = (f"explained-variance ratios within {r['evr_max_rel_err']:.1g} (relative)"
+               if r["evr_max_rel_err"] > 0 else "the same explained-variance ratios")
+        rows.append(f"| PCA solver, one layer, k={r['k']} | `{r['method']}` {r['seconds']:.1f} s "
+                    f"vs `svd` {svd['seconds']:.1f} s: **{r['ratio_vs_svd']:.1f}x**; largest "
+                    f"angle to the exact subspace {r['max_angle_deg']:.2g} deg, {evr} |")
+    cw = recs["concept_words"]
+    rows.append(f"| concept words, one layer ({k} components x {cw['n_words']:,} words, top "
+                f"{cw['top_words']}) | one matmul + topk {cw['vectorized_s']:.2f} s vs "
+                f"per-component loop {cw['loop_s']:.1f} s: **{cw['ratio']:.1f}x**, "
+                f"{'same' if cw['same_result'] else 'different'} words |")
+    al = recs["all_layers"]
+    rows.append(f"| all {al['n_layers']} layers, components + concept words | "
+                f"**{al['total_s']:.1f} s** (components {al['components_s']:.1f} s, words "
+                f"{al['concept_words_s']:.1f} s) vs an estimated {al['naive_total_s_est']:.1f} s "
+                f"with the per-component word loop (loop measured on "
+                f"{al['loop_measured_layers']} layer(s)): **{al['ratio']:.2f}x** overall, "
+                f"**{al['words_ratio']:.1f}x** on the word step |")
+    rc = recs["report_cache"]
+    rows.append(f"| the report's two analyses (`concept_shift` k={rc['concept_k']}, `rotation` "
+                f"k={rc['rotation_k']}), {rc['n_layers']} layer(s), with one `ComponentCache` | "
+                f"{rc['with_cache_s']:.1f} s vs {rc['without_cache_s']:.1f} s without: "
+                f"**{rc['ratio']:.2f}x**; PCAs computed {rc['pca_computed_with']} vs "
+                f"{rc['pca_computed_without']}, {'same' if rc['same_result'] else 'different'} "
+                f"results |")
+    return "\n".join(rows) + "\n"
+
+
+def write_results_file(path: Path, seconds: float) -> None:
+    """``--results``: this run's records as a docs results file."""
+    regen = _regen_docs()
+    recs: dict = {}
+    for r in RECORDS:
+        r = {k: v for k, v in r.items() if k != "bench"} | {"bench": r["bench"]}
+        if r["bench"] == "pca_solver":
+            key = "svd" if r["method"] == "svd" else f"{r['method']}_k{r['k']}"
+            recs.setdefault("pca_solver", {})[key] = r
+        else:
+            recs[r["bench"]] = r
+    measured = {name: ({k: {kk: vv for kk, vv in v.items() if kk != "bench"}
+                        for k, v in rec.items()} if name == "pca_solver"
+                       else {k: v for k, v in rec.items() if k != "bench"})
+                for name, rec in recs.items()}
+    measured["machine"] = regen.machine_note()
+    measured["seconds"] = seconds
+    cmd = " ".join(["python", "benchmarks/ffn.py", *sys.argv[1:]])
+    regen.write_results(path, generated_by=cmd, measured=measured,
+                        blocks={"table": results_table(recs)})
+    print(f"wrote {path}", file=sys.stderr)
 
 
 def tensor_level(args, dev, W_U, vocab, n_layers, naive_layers) -> None:
