@@ -18,12 +18,15 @@ through ``ModelPair.from_pretrained``, exactly like real checkpoints. Then:
 Prints one JSON line per measurement. ``--quick`` runs a smaller configuration.
 
     python benchmarks/capture.py [--quick] [--threads 1]
+    python benchmarks/capture.py --quick --results docs/results/bench-capture.json
+        # also the results file docs/residual.md quotes (ratios, the table, where it ran)
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import os
 import subprocess
@@ -37,6 +40,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Every measurement printed in this run, for ``--results``.
+RECORDS: list[dict] = []
+
+
+def emit(rec: dict) -> None:
+    RECORDS.append(rec)
+    print(json.dumps(rec), flush=True)
 
 
 def build_pair_dirs(root: Path, d_model: int, n_layers: int, n_ctx: int) -> tuple[Path, Path]:
@@ -159,6 +171,8 @@ def main() -> None:
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-timing", action="store_true")
     ap.add_argument("--workdir", type=str, default=None)
+    ap.add_argument("--results", type=Path, default=None, metavar="PATH",
+                    help="also write a docs results file (tools/regen_docs.py's format)")
     ap.add_argument("--child", type=str, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--base", type=str, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--tuned", type=str, default=None, help=argparse.SUPPRESS)
@@ -166,6 +180,7 @@ def main() -> None:
     if args.child:
         memory_child(args)
         return
+    t_start = time.perf_counter()
     args.prompts = args.prompts or (16 if args.quick else 64)
     args.d_model = args.d_model or 256
     args.layers = args.layers or (4 if args.quick else 6)
@@ -190,6 +205,48 @@ def main() -> None:
         timing(pair, prompts, args, config)
     if not args.no_memory:
         memory(base, tuned, args, config)
+    if args.results is not None:
+        write_results_file(args.results, config, time.perf_counter() - t_start)
+
+
+def _regen_docs():
+    spec = importlib.util.spec_from_file_location("regen_docs", ROOT / "tools" / "regen_docs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def results_table(time_recs: dict, mem_recs: dict) -> str:
+    """The Markdown table docs/residual.md shows, from this run's records."""
+    rows = ["| measurement | PairCache | reference | ratio |", "|---|---|---|---|"]
+    for mode, r in time_recs.items():
+        rows.append(f"| time, `reduce={'None' if mode == 'store_all' else repr(mode)}`"
+                    f"{' (store all)' if mode == 'store_all' else ''} | {r['seconds']:.2f} s | "
+                    f"two plain forwards {r['reference_seconds']:.2f} s | **{r['ratio']:.2f}** |")
+    for mode, r in mem_recs.items():
+        what = "`segment_mean`" if mode == "segment_mean" else "plain forwards"
+        held = (f" ({r['stored_mb']:.1f} MB held by the cache)" if r["stored_mb"] else "")
+        rows.append(f"| peak RSS delta, {what} vs store-all | {r['peak_delta_mb']:.1f} MB{held} | "
+                    f"{r['reference_peak_delta_mb']:.1f} MB ({r['reference_stored_mb']:.0f} MB "
+                    f"held) | **{r['ratio']:.3f}** |")
+    return "\n".join(rows) + "\n"
+
+
+def write_results_file(path: Path, config: dict, seconds: float) -> None:
+    """``--results``: this run's measurements as a docs results file."""
+    regen = _regen_docs()
+    drop = {"benchmark", "measure", "method", "reference", "memory_tool", "all_seconds",
+            "all_reference_seconds", *config}
+    times = {r["method"].split("=")[-1]: r for r in RECORDS if r["measure"] == "time"}
+    mems = {r["method"]: r for r in RECORDS if r["measure"] == "peak_rss"}
+    measured = {"config": config, "seconds": seconds, "machine": regen.machine_note(),
+                "time": {m: {k: v for k, v in r.items() if k not in drop} for m, r in times.items()},
+                "memory": {m: {k: v for k, v in r.items() if k not in drop}
+                           for m, r in mems.items()}}
+    cmd = " ".join(["python", "benchmarks/capture.py", *sys.argv[1:]])
+    regen.write_results(path, generated_by=cmd, measured=measured,
+                        blocks={"table": results_table(times, mems)})
+    print(f"wrote {path}", file=sys.stderr)
 
 
 def timing(pair, prompts, args, config) -> None:
@@ -207,13 +264,13 @@ def timing(pair, prompts, args, config) -> None:
     t_plain = min(times["plain"])
     for mode in ("store_all", "segment_mean"):
         t = min(times[mode])
-        print(json.dumps(dict(
+        emit(dict(
             benchmark="capture", measure="time", method=f"PairCache reduce={mode}",
             reference="two plain forward passes (no hooks)", seconds=round(t, 4),
             reference_seconds=round(t_plain, 4), ratio=round(t / t_plain, 3), target=1.3,
             all_seconds=[round(x, 3) for x in times[mode]],
             all_reference_seconds=[round(x, 3) for x in times["plain"]], **config,
-        )), flush=True)
+        ))
 
 
 
@@ -228,7 +285,7 @@ def memory(base, tuned, args, config) -> None:
     ref = mem["store_all"]
     for mode in ("segment_mean", "plain"):
         m = mem[mode]
-        print(json.dumps(dict(
+        emit(dict(
             benchmark="capture", measure="peak_rss", method=f"{mode}",
             reference="PairCache reduce=None (store every activation)",
             peak_delta_mb=round(m["peak_delta_bytes"] / 2**20, 1),
@@ -240,7 +297,7 @@ def memory(base, tuned, args, config) -> None:
             reference_stored_mb=round(ref["stored_bytes"] / 2**20, 2),
             memory_tool="psutil RSS sampled every 2 ms in a fresh subprocess, minus RSS after warm-up",
             **config,
-        )), flush=True)
+        ))
 
 
 if __name__ == "__main__":
