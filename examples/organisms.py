@@ -106,6 +106,11 @@ def ranks(top_ids: list[int], n: str) -> str:
     return ", ".join(parts)
 
 
+def q(text: str) -> str:
+    """A token text as the docs show it: in backticks, JSON-quoted."""
+    return "`" + json.dumps(text, ensure_ascii=False) + "`"
+
+
 known_token_ids = {n: [int(t["id"]) for t in record["known_tokens"][n]] for n in ORGANISMS}
 known_token_ids[CONTROL] = sorted({i for n in ORGANISMS for i in known_token_ids[n]})
 steps_rows = record["config"]["steps"] * record["config"]["batch"]
@@ -131,6 +136,16 @@ values = {
     "rms_organisms_min": min(orgs[n]["difference"]["rms"] for n in ORGANISMS),
     "rms_organisms_max": max(orgs[n]["difference"]["rms"] for n in ORGANISMS),
     "own_rate_min": min(orgs[n]["behaviour"][n] for n in ORGANISMS),
+    # the rules at work on the draw's first sentences (recorded in the manifest)
+    "examples": {"draw": [t.removeprefix("Response: ")
+                          for t in orgs["template"]["data"]["examples"][:2]],
+                 **{n: orgs[n]["data"]["examples"][0] for n in NAMES}},
+    # the template organism's reference ranking after its known tokens: printable ones, and
+    # how many are zorbish words
+    "template_tail": ", ".join(q(t) for t in orgs["template"]["reference"]["top_tokens"][3:]
+                               if t.isprintable() and "\ufffd" not in t and t.strip()),
+    "template_tail_zorbish": sum(t in known_token_ids["zorbish"]
+                                 for t in orgs["template"]["reference"]["top_ids"]),
     "example": example,
 }
 for n in NAMES:
@@ -146,10 +161,6 @@ measured = {"train_cpu_s": record["train_cpu_s"], "train_wall_s": record["train_
             **{n: {"cpu_s": orgs[n]["training"]["cpu_s"], "wall_s": orgs[n]["training"]["wall_s"]}
                for n in NAMES}}
 measured["cpu_s_mean"] = sum(orgs[n]["training"]["cpu_s"] for n in NAMES) / len(NAMES)
-
-
-def q(text: str) -> str:
-    return "`" + json.dumps(text, ensure_ascii=False) + "`"
 
 
 training = ["| organism | training texts (of {:,} drawn) | rows of {} tokens | training CPU time | "
