@@ -10,6 +10,8 @@
                                               # docs/results/<example>.json and the figures
                                               # its page embeds (docs/figures/)
     python tools/regen_docs.py --results NAME # rerun the command docs/results/NAME.json names
+    python tools/regen_docs.py --render       # run nothing: rewrite the docs' markers from
+                                              # numbers.json and docs/results/
     python tools/regen_docs.py --check        # change nothing: list every marked number or
                                               # block that differs from docs/numbers.json
     python tools/regen_docs.py --check --from-run DIR  # ... and every value of numbers.json
@@ -609,7 +611,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="rerun the command docs/results/NAME.json names (repeatable), then "
                          "rewrite the docs; with no demo run unless --demo")
     ap.add_argument("--demo", action="store_true", help="with --results: also rerun the demo")
+    ap.add_argument("--render", action="store_true",
+                    help="run nothing: rewrite every marker and block of the docs from "
+                         "docs/numbers.json and docs/results/ (after editing the words)")
     args = ap.parse_args(argv)
+    if args.render:
+        return _render_all(read_numbers())
     if args.results:
         for name in args.results:
             rerun_results(name)
