@@ -9,7 +9,8 @@ at least 1 GB:
 * ``loaded``: :func:`shiftlens.bridge.load_bridge` boots the whole model, then the same
   functions read the bridge.
 
-Each mode runs in a fresh subprocess. Memory is the peak resident set size (a 2 ms sampling
+Each mode runs in a fresh subprocess, glibc told to return large freed blocks to the OS
+(``MALLOC_MMAP_THRESHOLD_``). Memory is the peak resident set size (a 2 ms sampling
 thread, and ``ru_maxrss`` for spikes it misses) minus the RSS after both code paths were warmed
 up on the embedded pair (imports and lazily loaded modeling code are not counted), reported for
 the layer loop alone and with the unembedding (whose folded copy is as large as it is); time is
@@ -24,12 +25,19 @@ here in 4 shards (16 layers, d_model 1024, d_mlp 4096, vocab 32000: 1.24 GB in f
 Prints one JSON line per measurement:
 
     python benchmarks/weightfiles.py [--model DIR] [--threads 1] [--workdir DIR]
+    python benchmarks/weightfiles.py --results docs/results/bench-weightfiles.json
+
+``--results PATH`` also writes what docs/scale.md quotes (through ``tools/regen_docs.py``'s
+``write_results``): every measurement and ratio under ``measured``, the table as the block
+``table``, the machine it ran on; the NaN/infinity check is then also timed on one model of the
+embedded pair.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import resource
@@ -159,11 +167,55 @@ def child(args) -> None:
 def run_child(mode: str, args) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--model", str(args.model),
            "--threads", str(args.threads)]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    # glibc told to return large freed blocks to the OS (otherwise its dynamic mmap threshold
+    # keeps each freed layer buffer in the heap and the RSS measures the allocator, not the
+    # tensors held)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     lines = [line for line in res.stdout.splitlines() if line.startswith("{")]
     if res.returncode or not lines:
         raise SystemExit(f"{mode} failed:\n{res.stderr[-3000:]}")
     return json.loads(lines[-1])
+
+
+def _mb(b: float) -> str:
+    return f"{b / 1e6:,.0f} MB"
+
+
+def results_table(config: dict, res: dict, ratio: dict) -> str:
+    """The streamed-vs-loaded table of docs/scale.md."""
+    s, l_ = res["streamed"], res["loaded"]
+    same = "identical (SHA-256 of every tensor)" if ratio["identical_results"] else "DIFFERENT"
+    return "\n".join([
+        "| | streamed (`CheckpointWeights`) | loaded (`load_bridge` + bridge) | ratio |",
+        "| --- | ---: | ---: | ---: |",
+        f"| every layer's `mlp_out` + `qk_weights` | {_mb(s['layers_peak_delta_bytes'])} "
+        f"(one layer's tensors: {_mb(config['layer_bytes'])}) "
+        f"| {_mb(l_['layers_peak_delta_bytes'])} | {ratio['layers_only_peak_memory_ratio']:.2g} |",
+        f"| + folded unembedding ({_mb(config['unembed_bytes'])}, copied once when folded) "
+        f"| {_mb(s['peak_delta_bytes'])} | {_mb(l_['peak_delta_bytes'])} "
+        f"| {ratio['peak_memory_ratio']:.2g} |",
+        f"| wall time, whole mode | {s['seconds']:.1f} s | {l_['seconds']:.1f} s "
+        f"| {ratio['time_ratio']:.2g} |",
+        f"| results | {same} | | |",
+    ])
+
+
+def write_results(path: Path, command: str, config: dict, res: dict, ratio: dict,
+                  finite: dict, finite_toy: dict) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "regen_docs", Path(__file__).resolve().parents[1] / "tools" / "regen_docs.py")
+    regen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(regen)
+    config = {k: v for k, v in config.items() if k != "path"}
+    config.update(checkpoint_gb=config["checkpoint_bytes"] / 1e9,
+                  layer_mb=config["layer_bytes"] / 1e6, unembed_mb=config["unembed_bytes"] / 1e6)
+    res = {mode: {**r, **{k.replace("_bytes", "_mb"): v / 1e6 for k, v in r.items()
+                          if k.endswith("_bytes")}} for mode, r in res.items()}
+    measured = {"config": config, **res, "ratio": ratio, "finite": finite,
+                "finite_embedded_pair": finite_toy, "machine": regen.machine_note()}
+    regen.write_results(path, generated_by=command, measured=measured,
+                        blocks={"table": results_table(config, res, ratio)})
 
 
 def main() -> None:
@@ -171,6 +223,8 @@ def main() -> None:
     ap.add_argument("--model", type=str, default=None, help="a checkpoint directory")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--workdir", type=str, default=None)
+    ap.add_argument("--results", type=Path, default=None, metavar="PATH",
+                    help="also write the docs' results file (docs/results/bench-weightfiles.json)")
     ap.add_argument("--child", type=str, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -188,15 +242,20 @@ def main() -> None:
             root = Path(args.workdir or tempfile.mkdtemp(prefix="shiftlens-bench-weightfiles-"))
             args.model, source = str(build_random_llama(root)), "random Llama"
     ck = SafetensorsCheckpoint(args.model)
+    names = ck.keys()
+    layer0 = [n for n in names if ".layers.0." in n]
+    unembed = [n for n in names if n.startswith("lm_head.")] or \
+        [n for n in names if "embed_tokens" in n]
     config = {"checkpoint": source, "path": args.model, "files": len(ck.files),
-              "checkpoint_bytes": ck.nbytes, "threads": args.threads}
+              "checkpoint_bytes": ck.nbytes, "threads": args.threads,
+              "layer_bytes": sum(ck.entry(n).nbytes for n in layer0),
+              "unembed_bytes": sum(ck.entry(n).nbytes for n in unembed)}
     print(json.dumps({"config": config}))
     res = {m: run_child(m, args) for m in ("streamed", "loaded")}
     for r in res.values():
         print(json.dumps({"measure": "weight lenses, all layers", **r}))
     s, l_ = res["streamed"], res["loaded"]
-    print(json.dumps({
-        "measure": "streamed / loaded",
+    ratio = {
         "peak_memory_ratio": round(s["peak_delta_bytes"] / l_["peak_delta_bytes"], 4),
         "layers_only_peak_memory_ratio": round(
             s["layers_peak_delta_bytes"] / l_["layers_peak_delta_bytes"], 4),
@@ -204,8 +263,19 @@ def main() -> None:
         "loaded_peak_over_checkpoint": round(l_["peak_delta_bytes"] / ck.nbytes, 4),
         "time_ratio": round(s["seconds"] / l_["seconds"], 3),
         "identical_results": s["sha256"] == l_["sha256"],
-    }))
-    print(json.dumps({"measure": "NaN/inf check at load", **run_child("finite", args)}))
+    }
+    print(json.dumps({"measure": "streamed / loaded", **ratio}))
+    finite = run_child("finite", args)
+    print(json.dumps({"measure": "NaN/inf check at load", **finite}))
+    if args.results is not None:
+        from shiftlens.zoo import pair_dirs
+
+        toy = argparse.Namespace(**{**vars(args), "model": str(pair_dirs()[0])})
+        finite_toy = run_child("finite", toy)
+        print(json.dumps({"measure": "NaN/inf check at load, embedded pair", **finite_toy}))
+        write_results(args.results,
+                      f"python benchmarks/weightfiles.py --results {args.results.as_posix()}",
+                      config, res, ratio, finite, finite_toy)
 
 
 if __name__ == "__main__":
