@@ -32,6 +32,16 @@ def test_toy_pair_tuned_reads_instruction_more():
     s = res.summary()["overall"]
     assert s["pvalue"] == pytest.approx(ref.pvalue)
     assert t.mean() > b.mean() and ref.pvalue < 0.01, res.summary()["sentence"]
+    # the numbers docs/attribution.md quotes for this check (benchmarks/attribution_protocols.py
+    # --results docs/results/bench-attribution-protocols.json) are this run's
+    import json
+    from pathlib import Path
+
+    quoted = json.loads((Path(__file__).resolve().parents[2] / "docs" / "results"
+                         / "bench-attribution-protocols.json").read_text())["values"]
+    assert quoted["test_check.n_prompts"] == len(df) == 70
+    assert quoted["test_check.mean_a"] == pytest.approx(t.mean(), rel=1e-4)
+    assert quoted["test_check.mean_b"] == pytest.approx(b.mean(), rel=1e-4)
 
 
 def test_toy_pair_both_settings_side_by_side(toy):
