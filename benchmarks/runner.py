@@ -22,11 +22,17 @@ run (machines are noisy: compare ratios):
    record written to the last (start-up excluded, the switch to the tuned model included).
 
 Run: ``python benchmarks/runner.py [--prompts 12] [--threads 1] [--skip-ray] [--skip-memory]``.
+
+``--results docs/results/bench-runner.json`` also writes what docs/scale.md quotes (through
+``tools/regen_docs.py``'s ``write_results``): every line under ``measured`` (``memory.<mode>``,
+``throughput.<executor>_<workers>``), the throughput table as the block ``table``, the settings
+and the machine it ran on.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -127,7 +133,7 @@ def child_memory(args: argparse.Namespace) -> None:
                       "seconds": round(seconds, 2)}))
 
 
-def memory(args: argparse.Namespace) -> None:
+def memory(args: argparse.Namespace) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         base, tuned = build_pair(Path(tmp))
         out = {}
@@ -137,15 +143,18 @@ def memory(args: argparse.Namespace) -> None:
                                capture_output=True, text=True, check=True)
             out[mode] = json.loads(r.stdout.strip().splitlines()[-1])
     ref = out["both-resident"]["peak_growth_bytes"]
+    lines = []
     for r in out.values():
-        print(json.dumps({"bench": "runner.memory", **r,
-                          "peak_growth_mb": round(r["peak_growth_bytes"] / 1e6, 1),
-                          "ratio_vs_both_resident": round(r["peak_growth_bytes"] / ref, 3),
-                          "model": BIG}), flush=True)
+        lines.append({"bench": "runner.memory", **r,
+                      "peak_growth_mb": round(r["peak_growth_bytes"] / 1e6, 1),
+                      "ratio_vs_both_resident": round(r["peak_growth_bytes"] / ref, 3),
+                      "model": BIG})
+        print(json.dumps(lines[-1]), flush=True)
+    return lines
 
 
 # ============================================================================ throughput
-def throughput(args: argparse.Namespace) -> None:
+def throughput(args: argparse.Namespace) -> list[dict]:
     import shutil
 
     from shiftlens.lenses.attribution import instruction_sensitivity
@@ -184,13 +193,65 @@ def throughput(args: argparse.Namespace) -> None:
         if not args.skip_ray:
             ray.shutdown()
     ref_rate = len(prompts) / lines[0]["seconds"]
+    out = []
     for line in lines:
         rate = len(prompts) / line["seconds"]
-        print(json.dumps({"bench": "runner.throughput", **line,
-                          "seconds": round(line["seconds"], 2), "prompts": len(prompts),
-                          "prompts_per_s": round(rate, 3),
-                          "ratio_vs_function": round(rate / ref_rate, 3),
-                          "threads": args.threads, "cpus": os.cpu_count()}), flush=True)
+        out.append({"bench": "runner.throughput", **line,
+                    "seconds": round(line["seconds"], 2), "prompts": len(prompts),
+                    "prompts_per_s": round(rate, 3),
+                    "ratio_vs_function": round(rate / ref_rate, 3),
+                    "threads": args.threads, "cpus": os.cpu_count()})
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
+#: The throughput table's first column, per (executor, workers).
+ROW_NAMES = {
+    ("function (both resident)", 1): "`instruction_sensitivity` (both models resident, no files)",
+    ("inprocess", 1): "runner, in process (one model at a time, every record written and read "
+                      "back)",
+    ("ray", 1): "runner, Ray, 1 worker",
+    ("ray", 2): "runner, Ray, 2 workers",
+}
+
+
+def throughput_table(lines: list[dict]) -> str:
+    """The throughput table of docs/scale.md."""
+    rows = ["| executor | prompts/s | vs the function | prompts/s after start-up |",
+            "| --- | ---: | ---: | ---: |"]
+    for ln in lines:
+        steady = f"{ln['steady_prompts_per_s']:.2f}" if "steady_prompts_per_s" in ln else ""
+        rows.append(f"| {ROW_NAMES.get((ln['executor'], ln['workers']), ln['executor'])} "
+                    f"| {ln['prompts_per_s']:.2f} | {ln['ratio_vs_function']:.2f} | {steady} |")
+    return "\n".join(rows)
+
+
+def write_results(path: Path, args: argparse.Namespace, mem: list[dict],
+                  thr: list[dict]) -> None:
+    """docs/results/bench-runner.json: every line under ``measured``, the table as a block."""
+    spec = importlib.util.spec_from_file_location(
+        "regen_docs", Path(__file__).resolve().parents[1] / "tools" / "regen_docs.py")
+    regen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(regen)
+    measured: dict = {"machine": regen.machine_note(),
+                      "settings": {"prompts": args.prompts, "threads": args.threads,
+                                   "ray_cpus": args.ray_cpus, **PARAMS}}
+    for ln in mem:
+        measured.setdefault("memory", {})[ln["mode"].replace("-", "_")] = {
+            k: v for k, v in ln.items() if k not in ("bench", "mode")}
+        measured["memory"][ln["mode"].replace("-", "_")]["model_mb"] = ln["model_bytes"] / 1e6
+    for ln in thr:
+        key = {"function (both resident)": "function"}.get(ln["executor"], ln["executor"])
+        measured.setdefault("throughput", {})[f"{key}_{ln['workers']}"] = {
+            k: v for k, v in ln.items() if k not in ("bench", "executor")}
+    opts = " ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in ("prompts", "threads")
+                    if getattr(args, k) != {"prompts": 12, "threads": 1}[k])
+    opts += "".join(f" --{k.replace('_', '-')}" for k in ("skip_ray", "skip_memory",
+                                                           "skip_throughput") if getattr(args, k))
+    opts = opts.strip()
+    cmd = f"python benchmarks/runner.py {opts + ' ' if opts else ''}--results {path.as_posix()}"
+    regen.write_results(path, generated_by=cmd, measured=measured,
+                        blocks={"table": throughput_table(thr)} if thr else {})
 
 
 def main() -> None:
@@ -201,6 +262,8 @@ def main() -> None:
     p.add_argument("--skip-ray", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--results", type=Path, default=None, metavar="PATH",
+                   help="also write the docs' results file (docs/results/bench-runner.json)")
     p.add_argument("--child", choices=("both-resident", "one-at-a-time"), help=argparse.SUPPRESS)
     p.add_argument("--base", help=argparse.SUPPRESS)
     p.add_argument("--tuned", help=argparse.SUPPRESS)
@@ -208,10 +271,10 @@ def main() -> None:
     if args.child:
         return child_memory(args)
     torch.set_num_threads(args.threads)
-    if not args.skip_memory:
-        memory(args)
-    if not args.skip_throughput:
-        throughput(args)
+    mem = [] if args.skip_memory else memory(args)
+    thr = [] if args.skip_throughput else throughput(args)
+    if args.results is not None:
+        write_results(args.results, args, mem, thr)
 
 
 if __name__ == "__main__":
