@@ -62,7 +62,8 @@ def write_numbers(models_run: list[str]) -> None:
     steps = {re.sub(r"[^a-z0-9]+", "_", k.lower()).strip("_"): v for k, v in timings.items()}
     (out / "numbers.json").write_text(json.dumps({"values": {}, "measured": {
         "seconds": round(time.perf_counter() - T_START, 1), "models": ",".join(models_run),
-        "steps_seconds": steps}}, indent=1) + "\n")
+        "load_average": round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None,
+        "cpu_count": os.cpu_count(), "steps_seconds": steps}}, indent=1) + "\n")
 
 
 def timed(key: str, fn, *a, **kw):
