@@ -16,8 +16,9 @@ model's shape and the report options. The result is rough (the aim is the right 
 magnitude: minutes or hours), and is only printed when it exceeds :data:`ESTIMATE_THRESHOLD_S`.
 
 A lens outside the built-in four can supply its own model: a function
-``estimate_work(cfg, counts, options) -> Work`` in its section module (``LensSpec.section``'s
-module; the crosscoder lens has one, counting its training); without one it is counted as two
+``estimate_work(cfg, counts, options) -> Work`` (or a dict of Work's fields: a lens does not
+import the report layer) in its section module (``LensSpec.section``'s module; the crosscoder
+lens has one, counting its training); without one it is counted as two
 batched forward passes per prompt and one figure.
 """
 
@@ -378,6 +379,8 @@ def estimate_report(
             model = WORK_MODELS.get(name) or _default_work(
                 list(spec.limits) if spec is not None else [name])
         w = model(pair.cfg, dict(counts.get(name, {})), options)
+        if isinstance(w, Mapping):  # a lens returns Work's fields (lenses sit below the report)
+            w = Work(**w)
         works[name] = w
         per_lens[name] = (w.forwards * cal.forward_s + w.batched * cal.batched_s
                           + w.flops / cal.flops_per_s

@@ -135,11 +135,12 @@ def test_crosscoder_estimate_counts_its_training(llama_pair):
     (the default model, two batched passes per prompt, underestimated it 7.6x on the demo)."""
     from shiftlens.lenses.crosscoder.section import estimate_work, report_config
 
-    w = estimate_work(_Cfg(), {"crosscoder": 10}, {})
+    w = Work(**estimate_work(_Cfg(), {"crosscoder": 10}, {}))
     c = report_config(_Cfg.d_model)
     assert w.batched == 20.0 and w.items == {"step": float(c.steps)}
     assert w.flops == 12.0 * c.steps * c.batch_size * 2 * _Cfg.d_model * c.n_latents
-    more = estimate_work(_Cfg(), {"crosscoder": 10}, {"crosscoder_config": {"steps": 2 * c.steps}})
+    more = Work(**estimate_work(_Cfg(), {"crosscoder": 10},
+                                {"crosscoder_config": {"steps": 2 * c.steps}}))
     assert more.flops == 2 * w.flops and more.items["step"] == 2 * c.steps
     import shiftlens.lenses.crosscoder  # noqa: F401 - registers the lens
 

@@ -49,20 +49,19 @@ def estimate_work(cfg: Any, counts: Any, options: Any) -> Any:
         options: The report options (``crosscoder_config`` overrides).
 
     Returns:
-        A :class:`shiftlens.report.estimate.Work`.
+        The fields of a :class:`shiftlens.report.estimate.Work` as a dict (a lens does not
+        import the report layer).
 
     Example:
         >>> class C: d_model = 64
-        >>> estimate_work(C(), {"crosscoder": 10}, {}).batched
+        >>> estimate_work(C(), {"crosscoder": 10}, {})["batched"]
         20.0
     """
-    from shiftlens.report.estimate import Work
-
     c = report_config(int(getattr(cfg, "d_model", 1) or 1), (options or {}).get("crosscoder_config"))
     d = int(getattr(cfg, "d_model", 1) or 1)
     flops = 12.0 * c.steps * c.batch_size * 2 * d * c.n_latents
-    return Work(batched=2.0 * int(counts.get("crosscoder", 0)), flops=flops,
-                items={"step": float(c.steps)}, figures=1)
+    return {"batched": 2.0 * int(counts.get("crosscoder", 0)), "flops": flops,
+            "items": {"step": float(c.steps)}, "figures": 1}
 
 
 def section(ctx: Any, sec: Section) -> None:
