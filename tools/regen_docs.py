@@ -12,6 +12,8 @@
     python tools/regen_docs.py --results NAME # rerun the command docs/results/NAME.json names
     python tools/regen_docs.py --render       # run nothing: rewrite the docs' markers from
                                               # numbers.json and docs/results/
+    python tools/regen_docs.py --all          # everything: demo, benchmark, examples, every
+                                              # docs/results/ command (hours on a CPU)
     python tools/regen_docs.py --check        # change nothing: list every marked number or
                                               # block that differs from docs/numbers.json
     python tools/regen_docs.py --check --from-run DIR  # ... and every value of numbers.json
@@ -611,12 +613,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="rerun the command docs/results/NAME.json names (repeatable), then "
                          "rewrite the docs; with no demo run unless --demo")
     ap.add_argument("--demo", action="store_true", help="with --results: also rerun the demo")
+    ap.add_argument("--all", action="store_true",
+                    help="rerun everything the docs quote: the demo, the generate benchmark, "
+                         "every example and every docs/results/ command (hours on a CPU; the "
+                         "real-model ones need requirements/real.txt installed)")
     ap.add_argument("--render", action="store_true",
                     help="run nothing: rewrite every marker and block of the docs from "
                          "docs/numbers.json and docs/results/ (after editing the words)")
     args = ap.parse_args(argv)
     if args.render:
         return _render_all(read_numbers())
+    if args.all:
+        args.examples = True
+        args.demo = True
+        args.results = [f.stem for f in sorted(RESULTS.glob("*.json"))
+                        if not (ROOT / "examples" / f"{f.stem}.py").exists()]
     if args.results:
         for name in args.results:
             rerun_results(name)
