@@ -528,19 +528,32 @@ def flat_results(path: Path) -> dict[str, Any]:
 
 
 def run_example(script: Path) -> None:
-    """Run one example in a temporary directory, as a user would, and copy the
-    ``numbers.json`` it writes to ``docs/results/<stem>.json``."""
+    """Run one example once in a temporary directory, as a user would (``--out OUT``), copy the
+    ``numbers.json`` it writes to ``docs/results/<stem>.json`` when the docs quote it, and every
+    PNG a page embeds from it ("Made by `python examples/X.py`") to ``docs/figures/``."""
+    rel = f"examples/{script.name}"
+    figures = [(path.name, folder, name) for path in doc_files()
+               for made_by, figs in [page_figures(path.read_text(encoding="utf-8"))]
+               if made_by == rel for folder, name in figs]
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = f"python examples/{script.name}"
-        print(f"running {cmd}", file=sys.stderr)
-        subprocess.run([sys.executable, str(script)], check=True, cwd=tmp,
+        cmd = f"python {rel}"
+        print(f"running {cmd} --out OUT", file=sys.stderr)
+        subprocess.run([sys.executable, str(script), "--out", f"{tmp}/out"], check=True, cwd=tmp,
                        env={**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"})
-        found = sorted(Path(tmp).rglob("numbers.json"))
-        if len(found) != 1:
-            raise SystemExit(f"{cmd} wrote {len(found)} numbers.json files, expected 1")
-        r = flat_results(found[0])
-        write_results(RESULTS / f"{script.stem}.json", generated_by=cmd, values=r["values"],
-                      measured=r["measured"], blocks=r["blocks"])
+        if (RESULTS / f"{script.stem}.json").exists():
+            found = sorted(Path(tmp).rglob("numbers.json"))
+            if len(found) != 1:
+                raise SystemExit(f"{cmd} wrote {len(found)} numbers.json files, expected 1")
+            r = flat_results(found[0])
+            write_results(RESULTS / f"{script.stem}.json", generated_by=cmd, values=r["values"],
+                          measured=r["measured"], blocks=r["blocks"])
+        for page, folder, name in figures:
+            src = Path(tmp) / "out" / name
+            if not src.exists():
+                raise SystemExit(f"{page} embeds figures/{folder}/{name}, which {cmd} did not "
+                                 "write")
+            (ROOT / "docs" / "figures" / folder).mkdir(parents=True, exist_ok=True)
+            (ROOT / "docs" / "figures" / folder / name).write_bytes(src.read_bytes())
 
 
 def rerun_results(name: str) -> None:
@@ -570,27 +583,15 @@ def page_figures(text: str) -> tuple[str | None, list[tuple[str, str]]]:
 
 
 def run_examples() -> None:
-    """Rerun every example with a results file (its ``OUT/numbers.json`` copied to
-    ``docs/results/<stem>.json``), then every example whose figures a page embeds ("Made by
-    `python examples/X.py`"), copying each embedded PNG it wrote to ``docs/figures/``."""
-    for script in example_scripts():
-        run_example(script)
+    """Rerun, once each, every example the docs quote (a results file) or whose figures a page
+    embeds (:func:`run_example`)."""
+    scripts = {s.name: s for s in example_scripts()}
     for path in doc_files():
-        script, figs = page_figures(path.read_text(encoding="utf-8"))
-        if script is None or not figs:
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            print(f"running python {script} --out OUT (figures of {path.name})", file=sys.stderr)
-            subprocess.run([sys.executable, str(ROOT / script), "--out", f"{tmp}/out"],
-                           check=True, cwd=tmp,
-                           env={**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"})
-            for folder, name in figs:
-                src = Path(tmp) / "out" / name
-                if not src.exists():
-                    raise SystemExit(f"{path.name} embeds figures/{folder}/{name}, which "
-                                     f"python {script} did not write")
-                (ROOT / "docs" / "figures" / folder).mkdir(parents=True, exist_ok=True)
-                (ROOT / "docs" / "figures" / folder / name).write_bytes(src.read_bytes())
+        made_by, figs = page_figures(path.read_text(encoding="utf-8"))
+        if made_by is not None and figs:
+            scripts.setdefault(Path(made_by).name, ROOT / made_by)
+    for _, script in sorted(scripts.items()):
+        run_example(script)
 
 
 def main(argv: list[str] | None = None) -> int:
