@@ -18,6 +18,17 @@ RESULTS = ROOT / "docs" / "results"
 SCRIPTS = sorted(p for p in (ROOT / "examples").glob("*.py") if not p.stem.startswith("prompts_"))
 
 
+def _load_regen():
+    spec = importlib.util.spec_from_file_location("regen_docs", ROOT / "tools" / "regen_docs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+#: tools/regen_docs.py (its results-file readers and ``same_value``), loaded once
+regen = _load_regen()
+
+
 def _param(p: Path):
     marks = [pytest.mark.slow]
     if p.stem == "real_models":
@@ -42,15 +53,8 @@ def test_example_runs_offline(script, tmp_path):
     if committed.exists():
         fresh = sorted(tmp_path.rglob("numbers.json"))
         assert len(fresh) == 1, f"{script.name} wrote {len(fresh)} numbers.json files"
-        assert_same_values(_regen().flat_results(fresh[0])["values"],
-                           _regen().read_results(committed)["values"], script.name)
-
-
-def _regen():
-    spec = importlib.util.spec_from_file_location("regen_docs", ROOT / "tools" / "regen_docs.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+        assert_same_values(regen.flat_results(fresh[0])["values"],
+                           regen.read_results(committed)["values"], script.stem)
 
 
 def assert_same_values(fresh: dict, committed: dict, name: str, rel: float = 1e-4) -> None:
@@ -58,11 +62,11 @@ def assert_same_values(fresh: dict, committed: dict, name: str, rel: float = 1e-
     whose numbers the docs' markers show; tests/unit/test_docs_numbers.py checks that part).
     Floats agree to ``rel`` (BLAS summation order may differ between machines), numbers printed in
     text to one unit of their last digit, the rest exactly (``regen_docs.same_value``)."""
-    same = _regen().same_value
-    bad = [f"{key}: the run gives {fresh.get(key, '<missing>')!r}, docs/results/{name[:-3]}.json "
+    bad = [f"{key}: the run gives {fresh.get(key, '<missing>')!r}, docs/results/{name}.json "
            f"has {committed.get(key, '<missing>')!r}"
            for key in sorted(set(fresh) | set(committed))
-           if not same(fresh.get(key, "<missing>"), committed.get(key, "<missing>"), rel)]
-    assert not bad, (f"{name}: the numbers the docs quote are not what the example gives now "
-                     "(rerun `python tools/regen_docs.py --results " + name[:-3] + "`):\n"
+           if not regen.same_value(fresh.get(key, "<missing>"), committed.get(key, "<missing>"),
+                                   rel)]
+    assert not bad, (f"examples/{name}.py: the numbers the docs quote are not what the example "
+                     f"gives now (rerun `python tools/regen_docs.py --results {name}`):\n"
                      + "\n".join(bad[:30]))
